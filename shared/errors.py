@@ -1,0 +1,115 @@
+"""The one exception tree of the project; every error knows the code it writes to Salesforce.
+
+    ProvisioningError                 .code -> Activation_Error_Code__c, str() -> short message
+    ├── ConfigError                   bad environment; processes exit 2 without a traceback
+    ├── OrderError                    the order itself cannot be fulfilled as it stands
+    │   ├── InvalidEvent              INVALID_ORDER_ID: the event names no well-formed Order id
+    │   ├── OrderNotFound             ORDER_NOT_FOUND
+    │   ├── MappingError              UNMAPPED_ACCOUNT, UNMAPPED_PRODUCT, INVALID_BILLING_CYCLE, ...
+    │   └── PaymentMethodMissing      409: the WHMCS client has no pay method
+    ├── IntegrationError              Salesforce or WHMCS did not do what we asked
+    │   ├── AuthError                 401 / 403 / SF_AUTH: credentials, token or API role
+    │   ├── UpstreamTimeout           ETIMEOUT: for a write, the outcome is unknown, not failed
+    │   ├── ConnectionFailed          ECONNECTION: refused, reset, TLS
+    │   ├── BadResponse               EBADRESPONSE: HTML, truncated JSON, wrong shape
+    │   ├── HttpStatusError           the HTTP status itself: 429, 500, 502, 503 ...
+    │   └── RemoteError               the API answered with an error message (WHMCS result=error)
+    └── WorkerLost                    WORKER_LOST: the job's worker died; set by the reaper
+
+Library exceptions (requests, redis, simple-salesforce) are wrapped at the client boundary with
+`raise ... from exc`, so steps and the orchestrator only ever see this tree.
+"""
+
+from __future__ import annotations
+
+MAX_MESSAGE = 255  # Activation_Error_Message__c is a Text(255) field
+
+
+class ProvisioningError(Exception):
+    code = "INTERNAL"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(ProvisioningError):
+    """Every problem with the environment at once, one line per variable."""
+
+    code = "CONFIG"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class OrderError(ProvisioningError):
+    pass
+
+
+class InvalidEvent(OrderError):
+    code = "INVALID_ORDER_ID"
+
+
+class OrderNotFound(OrderError):
+    code = "ORDER_NOT_FOUND"
+
+
+class MappingError(OrderError):
+    code = "MAPPING"
+
+
+class PaymentMethodMissing(OrderError):
+    code = "409"
+
+
+class IntegrationError(ProvisioningError):
+    def __init__(
+        self, message: str, *, system: str, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.system = system
+        self.status = status
+
+
+class AuthError(IntegrationError):
+    code = "SF_AUTH"
+
+
+class UpstreamTimeout(IntegrationError):
+    code = "ETIMEOUT"
+
+
+class ConnectionFailed(IntegrationError):
+    code = "ECONNECTION"
+
+
+class BadResponse(IntegrationError):
+    code = "EBADRESPONSE"
+
+
+class HttpStatusError(IntegrationError):
+    def __init__(self, message: str, *, system: str, status: int) -> None:
+        super().__init__(message, system=system, code=str(status), status=status)
+
+
+class RemoteError(IntegrationError):
+    code = "WHMCS_ERROR"
+
+
+class WorkerLost(ProvisioningError):
+    code = "WORKER_LOST"
+
+
+def short_message(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """One line, no secrets, at most 255 characters: what Activation_Error_Message__c can hold."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"

@@ -1,0 +1,46 @@
+"""Every Redis key the processes share, in one place (the runbook's names are the contract)."""
+
+from __future__ import annotations
+
+# Streaming (written by the subscriber, read by health, doctor and `provisioner replay`).
+REPLAY_PREFIX = "sf:pe:replay:"  # sf:pe:replay:<channel> -> last replayId safely enqueued
+SEEN_PREFIX = "sf:pe:seen:"  # sf:pe:seen:<EventUuid> -> job id; dedupe window
+SEEN_TTL_SECONDS = 4 * 24 * 3600  # longer than Salesforce's 72 h event retention
+LEADER_PREFIX = "sf:pe:leader:"  # sf:pe:leader:<channel> -> holder id, TTL renewed while alive
+HEARTBEAT_PREFIX = "sf:pe:heartbeat:"  # hash, see subscriber/heartbeat.py
+GAPS_PREFIX = "sf:pe:gaps:"  # list of JSON records of invalid-replay fallbacks, newest first
+GAPS_KEEP = 50
+
+# Salesforce token shared by every process.
+SF_TOKEN = "sf:auth:token"  # hash: access_token, instance_url, minted_at
+SF_TOKEN_LOCK = "sf:auth:lock"  # single-flight mint lock
+SF_TOKEN_MINTS = "sf:auth:mints"  # counter, for doctor and metrics
+
+# Fulfilment (written by workers).
+ORDER_LOCK_PREFIX = "prov:lock:order:"  # prov:lock:order:<OrderId> -> token, TTL = ORDER_LOCK_TTL
+INFLIGHT = "prov:inflight"  # hash OrderId -> JSON {job_id, token, started_at, worker}
+WHMCS_PRODUCTS = "whmcs:products"  # cached GetProducts answer (JSON), short TTL
+
+
+def replay_key(channel: str) -> str:
+    return REPLAY_PREFIX + channel
+
+
+def seen_key(event_uuid: str) -> str:
+    return SEEN_PREFIX + event_uuid
+
+
+def leader_key(channel: str) -> str:
+    return LEADER_PREFIX + channel
+
+
+def heartbeat_key(channel: str) -> str:
+    return HEARTBEAT_PREFIX + channel
+
+
+def gaps_key(channel: str) -> str:
+    return GAPS_PREFIX + channel
+
+
+def order_lock_key(order_id: str) -> str:
+    return ORDER_LOCK_PREFIX + order_id
