@@ -455,3 +455,27 @@ def _field_name(value: str) -> str:
     if not value.replace("_", "").isalnum():
         raise ValueError("expected a Salesforce field API name")
     return value
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from VARIABLES (a test keeps them in sync)."""
+    used_by = {
+        "core": "all",
+        "salesforce": "subscriber, worker",
+        "events": "subscriber",
+        "orders": "worker",
+        "whmcs": "worker",
+        "dashboard": "health",
+    }
+    rows = ["| variable | used by | default | meaning |", "|---|---|---|---|"]
+    for var in VARIABLES:
+        if var.default is None:
+            default = "**required**"
+        elif var.default == "":
+            default = "(empty)"
+        else:
+            default = f"`{var.default}`"
+        rows.append(
+            f"| `{var.name}` | {used_by.get(var.group, var.group)} | {default} | {var.doc} |"
+        )
+    return "\n".join(rows)
