@@ -76,8 +76,17 @@ def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def generate(state_dir: Path) -> Material:
-    """Write a fresh CA, server certificate and connected-app key pair into `state_dir`."""
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def generate(state_dir: Path, hostnames: tuple[str, ...] = ()) -> Material:
+    """Write a fresh CA, server certificate and connected-app key pair into `state_dir`.
+
+    `hostnames` are extra names the server certificate covers (compose's service name)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     ca_key, server_key, app_key = _key(), _key(), _key()
     ca_name = _name("Provisioner Sandbox CA")
@@ -104,6 +113,7 @@ def generate(state_dir: Path) -> Material:
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
+        *(_alt_name(name) for name in hostnames if name not in ("localhost", "127.0.0.1", "::1")),
     ]
     server_cert = (
         _builder(_name("localhost"), ca_name, server_key.public_key())

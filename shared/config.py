@@ -161,6 +161,22 @@ VARIABLES: tuple[Var, ...] = (
         "Read timeout of AddOrder and AcceptOrder, seconds.",
         "60",
     ),
+    Var(
+        "RQ_DASHBOARD_ENABLED",
+        "dashboard",
+        "true",
+        "Mount rq-dashboard under /rq in the health app; refused without username and password.",
+        "false",
+    ),
+    Var("RQ_DASHBOARD_USERNAME", "dashboard", "ops", "rq-dashboard basic-auth user.", ""),
+    Var(
+        "RQ_DASHBOARD_PASSWORD",
+        "dashboard",
+        "a-long-random-string",
+        "rq-dashboard basic-auth password.",
+        "",
+        secret=True,
+    ),
 )
 GROUPS = frozenset(v.group for v in VARIABLES)
 
@@ -201,6 +217,13 @@ class WhmcsSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    enabled: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     app_env: str
     log_level: str
@@ -216,10 +239,16 @@ class Settings:
     events: EventSettings
     whmcs: WhmcsSettings
     warnings: tuple[str, ...] = ()
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line, an error field or a reply."""
-        values = (self.whmcs.secret, self.whmcs.access_key, self.whmcs.identifier)
+        values = (
+            self.whmcs.secret,
+            self.whmcs.access_key,
+            self.whmcs.identifier,
+            self.dashboard.password,
+        )
         return tuple(v for v in values if v) + _url_passwords(self.redis_url, self.database_url)
 
 
@@ -234,6 +263,12 @@ def load_settings(environ: Mapping[str, str], needs: Iterable[str] = ()) -> Sett
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def load_from_environment(needs: Iterable[str] = ()) -> Settings:
+    """`load_settings(os.environ, needs)` for callers that report a ConfigError themselves
+    (`provisioner doctor`), instead of exiting like `shared.startup.start`."""
+    return load_settings(os.environ, needs)
 
 
 def describe(var: Var) -> str:
@@ -298,6 +333,11 @@ def _build(r: _Reader) -> Settings:
         events=_events(r),
         whmcs=_whmcs(r),
         warnings=tuple(r.warnings),
+        dashboard=DashboardSettings(
+            enabled=r.parse("RQ_DASHBOARD_ENABLED", _bool, False),
+            username=r.raw("RQ_DASHBOARD_USERNAME"),
+            password=r.raw("RQ_DASHBOARD_PASSWORD"),
+        ),
     )
 
 

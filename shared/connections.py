@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import NullPool
 
 # Every Redis call must fail within seconds when the server is gone, except blocking reads such
 # as RQ's dequeue, which set their own longer socket timeout.
@@ -20,17 +23,20 @@ def redis_client(url: str, *, socket_timeout: float | None = REDIS_SOCKET_TIMEOU
     )
 
 
-def database_engine(url: str, *, connect_timeout: float = 5.0) -> Engine:
+def database_engine(url: str, *, connect_timeout: float = 5.0, pooled: bool = True) -> Engine:
+    """`pooled=False` opens a fresh connection per use: for probes, which must never wait on a
+    pooled connection that a hung probe still holds."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": connect_timeout})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    pool: dict[str, Any] = (
+        {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
+        if pooled
+        else {"poolclass": NullPool}
+    )
     return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=2,
-        max_overflow=2,
-        connect_args={"connect_timeout": max(1, int(connect_timeout))},
+        url, connect_args={"connect_timeout": max(1, int(connect_timeout))}, **pool
     )
 
 

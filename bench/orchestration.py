@@ -1,0 +1,144 @@
+"""Measurement 3: one order's wall time against the sum of its backend latencies.
+
+Every Salesforce and WHMCS call gets the same fixed latency in the sandbox; orders go through the
+real pipeline one at a time (approve -> subscriber -> one `python -m worker`), and the emulators
+count the delays they applied while the order ran. Done with the fork Worker (the target) and
+with SimpleWorker, whose figures feed the worker-class advice of measurement 6.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bench.harness import BenchError, Measurement, Row, Run, Target, median, percentile
+from bench.rig import Rig, stop_all
+
+LATENCY = 0.020  # seconds per backend call
+TARGET = Target(1.15)
+
+
+@dataclass(frozen=True)
+class Order:
+    in_job: float  # seconds inside the RQ job
+    end_to_end: float  # approve call -> job finished
+    latency_sum: float  # seconds of injected latency while it ran
+    calls: int
+
+
+def measure(run: Run) -> Measurement:
+    rig = Rig.of(run)
+    result = Measurement(3, "orchestration", "Orchestration overhead")
+    count = run.size(25, 3)
+    batches = {cls: _orders(rig, cls, count) for cls in ("fork", "simple")}
+    per_class = {cls: orders for cls, (orders, _) in batches.items()}
+    fork, simple = per_class["fork"], per_class["simple"]
+    result.rows = [
+        _row("one order in the job, fork Worker (default)", fork, TARGET),
+        _row("one order in the job, SimpleWorker", simple, None),
+        Row(
+            "one order end to end (approve -> job finished), fork Worker",
+            median([o.end_to_end for o in fork]) * 1000,
+            "ms",
+            "sum of its backend latencies (median)",
+            median([o.latency_sum for o in fork]) * 1000,
+        ),
+    ]
+    run.shared["order_ms"] = {
+        cls: median([o.end_to_end for o in orders]) * 1000 for cls, orders in per_class.items()
+    }
+    result.params = {"orders_per_class": count, "latency_ms_per_call": LATENCY * 1000}
+    calls = {cls: c for cls, (_, c) in batches.items()}
+    steps = {cls: rig.step_medians(ids) for cls, ids in run.shared.pop("measured_orders").items()}
+    result.notes = _notes(per_class, calls, steps)
+    return result
+
+
+def _orders(rig: Rig, worker_class: str, count: int) -> tuple[list[Order], dict[str, float]]:
+    """`count` orders one at a time, after one warm-up order (token mint, product cache);
+    with the backend calls per order by kind, warm-up included."""
+    order_ids = rig.new_orders(count + 1)
+    rig.run.shared.setdefault("measured_orders", {})[worker_class] = order_ids[1:]
+    rig.set_latency(LATENCY)
+    procs = [rig.start_subscriber()]
+    print(f"  3: {count} orders, {worker_class} worker", file=sys.stderr)
+    try:
+        procs += rig.start_workers(1, worker_class)
+        before = rig.counters()
+        orders = [_one(rig, order_id) for order_id in order_ids]
+        after = rig.counters()
+    finally:
+        rig.clear_latency()
+        stop_all(procs)
+    activated = rig.activated(order_ids)
+    if activated != len(order_ids):
+        raise BenchError(f"{worker_class}: {activated} of {len(order_ids)} orders Activated")
+    return orders[1:], _calls(before, after, len(order_ids))
+
+
+def _one(rig: Rig, order_id: str) -> Order:
+    calls_before, latency_before = rig.delays.snapshot()
+    started = time.time()
+    job = rig.approve(order_id)
+    (times,) = rig.wait_jobs([job], timeout=60)
+    calls_after, latency_after = rig.delays.snapshot()
+    if times.status != "finished" or times.in_job is None or times.ended_at is None:
+        raise BenchError(f"order {order_id}: job {job} ended {times.status}")
+    return Order(
+        times.in_job,
+        times.ended_at - started,
+        latency_after - latency_before,
+        calls_after - calls_before,
+    )
+
+
+def _row(figure: str, orders: list[Order], target: Target | None) -> Row:
+    return Row(
+        figure,
+        median([o.in_job for o in orders]) * 1000,
+        "ms",
+        "sum of its backend latencies (median)",
+        median([o.latency_sum for o in orders]) * 1000,
+        target,
+    )
+
+
+def _calls(before: dict[str, Any], after: dict[str, Any], orders: int) -> dict[str, float]:
+    """Backend calls per order by kind, from the emulators' own counters."""
+    sf_before, sf_after = before["salesforce"], after["salesforce"]
+    diff: Counter[str] = Counter()
+    for kind, value in sf_after["api_calls"].items():
+        diff[f"sf.{kind}"] = value - sf_before["api_calls"].get(kind, 0)
+    diff["sf.token"] = sf_after["logins"] - sf_before["logins"]
+    for action, value in after["whmcs"].items():
+        diff[f"whmcs.{action}"] = value - before["whmcs"].get(action, 0)
+    return {kind: n / orders for kind, n in sorted(diff.items()) if n}
+
+
+def _notes(
+    per_class: dict[str, list[Order]],
+    calls: dict[str, dict[str, float]],
+    steps: dict[str, dict[str, float]],
+) -> list[str]:
+    notes = [
+        f"{LATENCY * 1000:.0f} ms injected on every Salesforce and WHMCS call; figures are "
+        "medians over the orders after one warm-up order per worker class. 'In the job' is "
+        "RQ's started_at to ended_at; end to end adds CometD delivery, the intake, the "
+        "dequeue and (fork) the work horse."
+    ]
+    for cls, orders in per_class.items():
+        ratios = [o.in_job / o.latency_sum for o in orders if o.latency_sum]
+        kinds = ", ".join(f"{k} {v:g}" for k, v in calls[cls].items())
+        in_steps = sum(steps[cls].values())
+        outside = median([o.in_job for o in orders]) * 1000 - in_steps
+        breakdown = ", ".join(f"{k} {v:.0f}" for k, v in steps[cls].items())
+        notes.append(
+            f"{cls}: backend calls per order {median([o.calls for o in orders]):g} ({kinds}); "
+            f"in-job / latency ratio p90 {percentile(ratios, 90):.2f}, max {max(ratios):.2f}; "
+            f"median ms per step (the worker's own fulfilment_steps records): {breakdown}; "
+            f"outside the steps (clients, lease, records) ~{outside:.0f} ms."
+        )
+    return notes

@@ -1,0 +1,446 @@
+"""`provisioner demo`: the whole flow on this machine, against the sandbox, in under a minute.
+
+Redis is REDIS_URL if it answers, else a private server from a wheel; the database is SQLite; the
+Salesforce and WHMCS emulators run inside this process (they stand in for SaaS, not for our
+services). The subscriber, two workers and the health app run as real processes, started exactly
+as production starts them. Everything lives under `.demo/` of the current directory and every
+process this command starts is stopped when it ends, on Ctrl-C or SIGTERM too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, TextIO
+
+import requests
+from rq import Worker
+
+from provisioner import demo_plan
+from provisioner.demo_plan import WHMCS_DOWN, PlannedOrder, outcome_from_record, sf_time
+from provisioner.demo_view import Progress, Row, retry_hints, summary_table, verdict_line
+from provisioner.localredis import DemoRedis, RedisUnavailable, demo_redis, release_database
+from provisioner.supervisor import Supervisor, free_port, kill_leftovers
+from sandbox.app import Sandbox
+from sandbox.client import SandboxAdmin, SandboxAdminError
+from shared import db, keys
+from shared.config import DEFAULT_CHANNEL, Settings
+from shared.connections import database_engine, redis_client
+from shared.logs import configure_logging
+from shared.startup import start
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 40.0  # seconds for every service to report ready
+POLL_INTERVAL = 0.2
+WORKERS = 2
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why and where to look."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--orders", type=_positive, default=20, help="orders to approve (20)")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave everything up after the summary, to explore and retry; Ctrl-C stops it",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for every outcome (60)"
+    )
+    parser.add_argument("--dir", default=".demo", help="working directory (.demo)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="INFO",
+        help="LOG_LEVEL of the services (INFO)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = start("demo", needs=(), log=False)
+    workdir = Path(args.dir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _exclusive(workdir):
+            return Demo(args, settings, workdir, sys.stdout).main()
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+class Demo:
+    def __init__(
+        self, args: argparse.Namespace, settings: Settings, workdir: Path, out: TextIO
+    ) -> None:
+        self.args = args
+        self.settings = settings
+        self.workdir = workdir
+        self.out = out
+        self.log_path = workdir / "demo.log"
+        # The services inherit only the basics of this environment, plus the demo's settings.
+        self.supervisor = Supervisor(os.environ, self.log_path, workdir / "pids.json")
+        self.plan = demo_plan.plan_orders(args.orders)
+        self.sandbox: Any = None
+        self.admin: Any = None
+        self.redis: DemoRedis | None = None
+        self.urls: dict[str, str] = {}
+        self.refs: dict[str, str] = {}
+        self.customers = {c.ref: c.name for c in demo_plan.CUSTOMERS}
+        self.progress = Progress(out)
+        self.approved_at: dict[str, float] = {}  # order ref -> epoch seconds of its approval
+        self.outcomes: dict[str, Row] = {}  # order ref -> its row, frozen once final
+        self.began = 0.0
+
+    def main(self) -> int:
+        try:
+            with _signals_interrupt():
+                self.start_everything()
+                rows = self.run_orders()
+                self.say("\n" + summary_table(rows) + "\n\n" + verdict_line(rows))
+                code = 0 if all(_expected(row) for row in rows) else EXIT_FAILED
+                log.info("Demo finished", extra={"orders": len(rows), "exit_status": code})
+                if self.args.keep_running:
+                    self.keep_running(rows)
+                else:
+                    self.say(
+                        f"log file: {self.log_path}\n(--keep-running leaves it all up to explore)"
+                    )
+                return code
+        except KeyboardInterrupt:
+            self.say("\ninterrupted")
+            return EXIT_INTERRUPTED
+        except (SandboxAdminError, requests.RequestException) as exc:
+            self.say(f"\ndemo failed: the sandbox: {exc}\nlog file: {self.log_path}")
+            return EXIT_FAILED
+        except (DemoError, RedisUnavailable) as exc:
+            self.say(f"\ndemo failed: {exc}\nlog file: {self.log_path}")
+            return EXIT_FAILED
+        finally:
+            with _signals_ignored():
+                self.stop_everything()
+
+    # --- start -------------------------------------------------------------------------------
+
+    def start_everything(self) -> None:
+        began = time.monotonic()
+        self.fresh_workdir()
+        configure_logging(self.args.log_level.upper(), "demo", stream=self._log_stream())
+        self.redis, why = demo_redis(
+            self.settings.redis_url, self.supervisor, self.workdir / "redis"
+        )
+        self.say(f"redis:    {why}")
+        private = self.redis.child is not None
+        self.urls["redis"] = self.redis.url if private else "REDIS_URL"
+        self.start_sandbox()
+        env = self.service_env()
+        self.start_services(env)
+        self.wait_until_ready()
+        self.say(f"ready in {time.monotonic() - began:.1f}s\n" + self.where_to_look())
+
+    def fresh_workdir(self) -> None:
+        """Throw away the previous run: its state would only confuse this one."""
+        leftovers = kill_leftovers(self.workdir / "pids.json")
+        if leftovers:
+            self.say(f"killed {len(leftovers)} processes a previous demo left behind")
+        for name in ("sandbox", "redis"):
+            shutil.rmtree(self.workdir / name, ignore_errors=True)
+        for path in self.workdir.glob("provisioning.db*"):
+            path.unlink()
+        self.log_path.write_bytes(b"")
+
+    def _log_stream(self) -> TextIO:
+        # Line-buffered and left open: the root handler writes to it until the process exits.
+        return open(self.log_path, "a", buffering=1)
+
+    def start_sandbox(self) -> None:
+        self.sandbox = Sandbox.start(self.workdir / "sandbox")
+        self.urls["sandbox admin"] = self.sandbox.admin_url
+        self.admin = SandboxAdmin(self.sandbox.admin_url)
+        loaded = self.admin.load(demo_plan.fixture_document(self.plan))
+        self.refs = loaded["refs"]
+        self.say(f"sandbox:  Salesforce and WHMCS emulators, {len(self.plan)} Draft orders loaded")
+
+    def database_url(self) -> str:
+        url = f"sqlite:///{self.workdir / 'provisioning.db'}"
+        engine = database_engine(url)
+        try:
+            db.upgrade(engine)
+        finally:
+            engine.dispose()
+        return url
+
+    def service_env(self) -> dict[str, str]:
+        assert self.redis is not None
+        env = {
+            **self.sandbox.env,
+            "REDIS_URL": self.redis.url,
+            "DATABASE_URL": self.database_url(),
+            "SF_EVENTS_ENABLED": "true",
+            "APP_ENV": "demo",
+            "LOG_LEVEL": self.args.log_level.upper(),
+        }
+        # rq-dashboard 0.9 imports six without declaring it: without both it cannot mount.
+        if find_spec("rq_dashboard") is not None and find_spec("six") is not None:
+            # The health app mounts it only behind basic auth; a throwaway password will do.
+            env.update(
+                RQ_DASHBOARD_ENABLED="true",
+                RQ_DASHBOARD_USERNAME="demo",
+                RQ_DASHBOARD_PASSWORD=secrets.token_urlsafe(12),
+            )
+        return env
+
+    def start_services(self, env: dict[str, str]) -> None:
+        python = sys.executable
+        port = free_port()
+        health = [python, "-m", "healthcheck", "--host", "127.0.0.1", "--port", str(port)]
+        self.supervisor.start("health", health, env)
+        self.urls["health"] = f"http://127.0.0.1:{port}/health"
+        if "RQ_DASHBOARD_PASSWORD" in env:
+            auth = f"demo:{env['RQ_DASHBOARD_PASSWORD']}"
+            self.urls["rq-dashboard"] = f"http://{auth}@127.0.0.1:{port}/rq"
+        for number in range(1, WORKERS + 1):
+            self.supervisor.start(f"worker-{number}", [python, "-m", "worker"], env)
+        self.supervisor.start("subscriber", [python, "-m", "subscriber"], env)
+        names = ", ".join(f"{c.name} ({c.pid})" for c in self.supervisor.children if c.tier)
+        self.say(f"started:  {names}")
+
+    def wait_until_ready(self) -> None:
+        checks: dict[str, Callable[[], bool]] = {
+            "health app": lambda: _http_answers(self.urls["health"]),
+            f"{WORKERS} workers": self.workers_ready,
+            "subscriber": self.subscriber_connected,
+        }
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while checks:
+            self.check_children()
+            checks = {name: ok for name, ok in checks.items() if not ok()}
+            if checks and time.monotonic() > deadline:
+                raise DemoError(f"not ready after {STARTUP_TIMEOUT:.0f}s: {', '.join(checks)}")
+            time.sleep(POLL_INTERVAL)
+
+    def workers_ready(self) -> bool:
+        with self._redis() as conn:
+            return Worker.count(connection=conn) >= WORKERS
+
+    def subscriber_connected(self) -> bool:
+        with self._redis() as conn:
+            state = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state")
+        return state == b"connected"
+
+    @contextlib.contextmanager
+    def _redis(self) -> Iterator[Any]:
+        assert self.redis is not None
+        conn = redis_client(self.redis.url)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def check_children(self) -> None:
+        dead = self.supervisor.dead()
+        if dead:
+            names = ", ".join(f"{c.name} (exit {c.returncode})" for c in dead)
+            raise DemoError(f"{names} stopped unexpectedly; last lines:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def where_to_look(self) -> str:
+        if "rq-dashboard" not in self.urls:
+            self.urls["rq-dashboard"] = "not installed (pip install -e '.[dashboard]')"
+        self.urls["log file"] = f"{self.log_path}  (JSON lines of every service)"
+        width = max(len(k) for k in self.urls)
+        return "\n".join(f"  {name:<{width}}  {url}" for name, url in self.urls.items())
+
+    # --- orders ------------------------------------------------------------------------------
+
+    def run_orders(self) -> list[Row]:
+        """Approve every order; the WHMCS-outage order alone, after all others have ended."""
+        self.began = time.monotonic()
+        self.say(f"\napproving {len(self.plan)} orders in the sandbox (the Flow publishes events)")
+        deadline = self.began + self.args.timeout
+        first = [o for o in self.plan if o.scenario is not WHMCS_DOWN]
+        self.approve(first)
+        self.watch(first, deadline)
+        last = [o for o in self.plan if o.scenario is WHMCS_DOWN]
+        if last:
+            with self.whmcs_outage():
+                self.approve(last)
+                self.watch(last, deadline)
+        rows = self.rows()
+        self.progress.finish(rows, time.monotonic() - self.began)
+        return rows
+
+    def approve(self, orders: list[PlannedOrder]) -> None:
+        for order in orders:
+            event = self.admin.approve(self.refs[order.ref])
+            # Salesforce's own clock at both ends: the event's CreatedDate, the Order's
+            # LastModifiedDate when it took its outcome.
+            created = sf_time(event.get("payload", {}).get("CreatedDate"))
+            self.approved_at[order.ref] = created if created is not None else time.time()
+        log.info("Demo orders approved", extra={"orders": [self.refs[o.ref] for o in orders]})
+
+    @contextlib.contextmanager
+    def whmcs_outage(self) -> Iterator[None]:
+        # Every AddOrder fails while only this order is in flight, however often it is tried.
+        self.admin.add_fault("whmcs.AddOrder", "status", count=-1, status=503)
+        try:
+            yield
+        finally:
+            self.admin.clear_faults()
+
+    def watch(self, orders: list[PlannedOrder], deadline: float) -> None:
+        waiting = {o.ref for o in orders}
+        while True:
+            self.check_children()
+            rows = self.rows()
+            self.progress.update(rows, time.monotonic() - self.began)
+            waiting -= {r.planned.ref for r in rows if r.outcome.final}
+            if not waiting or time.monotonic() > deadline:
+                return
+            time.sleep(POLL_INTERVAL)
+
+    def rows(self) -> list[Row]:
+        records = {r["Id"]: r for r in self.admin.orders()}
+        rows = []
+        for order in self.plan:
+            known = self.outcomes.get(order.ref)
+            if known is None or not known.outcome.final:
+                known = self.row(order, records.get(self.refs[order.ref], {}))
+                self.outcomes[order.ref] = known
+            rows.append(known)
+        return rows
+
+    def row(self, order: PlannedOrder, record: dict[str, Any]) -> Row:
+        outcome = outcome_from_record(record, self.approved_at.get(order.ref))
+        return Row(order, self.customers[order.customer], outcome)
+
+    # --- keep running and stop ---------------------------------------------------------------
+
+    def keep_running(self, rows: list[Row]) -> None:
+        self.say("\nStill running; Ctrl-C stops everything.\n" + self.where_to_look())
+        self.say(retry_hints(self.sandbox.admin_url, rows))
+        seen = self.order_versions()
+        reported_dead: set[str] = set()
+        try:
+            while True:
+                time.sleep(1.0)
+                seen = self.report_changes(seen)
+                for child in self.supervisor.dead():
+                    if child.name not in reported_dead:
+                        reported_dead.add(child.name)
+                        self.say(f"{child.name} exited ({child.returncode}); see the log file")
+        except KeyboardInterrupt:
+            self.say("")
+
+    def order_versions(self) -> dict[str, str]:
+        return {r["Id"]: str(r.get("LastModifiedDate")) for r in self.admin.orders()}
+
+    def report_changes(self, seen: dict[str, str]) -> dict[str, str]:
+        """Print every order that reached an outcome again since the last look."""
+        now = {}
+        for record in self.admin.orders():
+            now[record["Id"]] = version = str(record.get("LastModifiedDate"))
+            outcome = outcome_from_record(record)
+            if outcome.final and seen.get(record["Id"]) != version:
+                detail = outcome.whmcs_order_id or f"{outcome.error_code}: {outcome.error_message}"
+                self.say(f"order {outcome.number} {outcome.order_id}: {outcome.status} {detail}")
+        return now
+
+    def stop_everything(self) -> None:
+        stopped = self.supervisor.stop_all()
+        if self.redis is not None and self.redis.child is None:
+            release_database(self.redis.url)
+        if self.admin is not None:
+            self.admin.close()
+        if self.sandbox is not None:
+            self.sandbox.stop()
+        if stopped:
+            names = ", ".join(f"{c.name} {c.pid}" for c in stopped)
+            self.say(f"stopped:  {names}")
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def _expected(row: Row) -> bool:
+    return demo_plan.as_expected(row.planned.scenario, row.outcome)
+
+
+def _http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered; unhealthy is fine while things start
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+@contextlib.contextmanager
+def _exclusive(workdir: Path) -> Iterator[None]:
+    """One demo per directory: a second one would wipe the first one's state."""
+    with open(workdir / "lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DemoError(f"another demo is running in {workdir}") from None
+        yield
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP all stop the demo cleanly.
+
+    SIGINT is set explicitly: a shell without job control starts background commands with it
+    ignored, and Python then leaves it ignored.
+    """
+    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _interrupt}
+    handlers[signal.SIGHUP] = _interrupt
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While stopping, a second Ctrl-C must not leave half the processes running."""
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in watched}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,497 @@
+"""The runbook's checklist as doctor checks: each line says what was found and the runbook's fix.
+
+Every check reads only: the JWT login mints a token the doctor keeps to itself, the CometD
+subscription is dropped at once, and the WHMCS role is probed with calls that WHMCS refuses as
+incomplete before they could change anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import requests
+
+from healthcheck import probes
+from provisioner.doctor import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
+from shared.errors import AuthError, IntegrationError, RemoteError
+from shared.sfauth import Token
+from shared.sfid import is_valid_id, to18
+from worker import mapping
+
+# The runbook's fixes, in its words (the runbook is the contract ops already know).
+FIX_JWT = (
+    "Runbook 'Salesforce status not updated': verify the connected app JWT config "
+    "(SF_CLIENT_ID is its consumer key, its certificate matches SF_PRIVATE_KEY_PATH, the API user "
+    "is pre-authorised and the app not revoked)"
+)
+FIX_NO_EVENTS = (
+    "Runbook 'No events received': verify the Flow publishes OrderProvisionRequested__e on Order "
+    "approval; confirm SF_EVENTS_ENABLED=true and valid SF JWT settings; check the subscriber logs "
+    "for the subscription start on the expected channel"
+)
+FIX_REPLAY = (
+    "Runbook 'Event replays not advancing': ensure Redis is healthy; the last replayId is stored "
+    "under sf:pe:replay:<channel>; if needed set SF_EVENTS_REPLAY=ALL for a one-time backfill, "
+    "then revert to LATEST"
+)
+FIX_FIELDS = (
+    "Runbook 'Salesforce status not updated': the backend updates Activation_Status__c and "
+    "WHMCS_Order_ID__c; give the API user Order update permission and edit access to the fields "
+    "above (permission set, field-level security)"
+)
+FIX_MAPPING = (
+    "Runbook 'WHMCS Add/Accept errors': fix the product mappings Product2.WH_Product_ID__c and "
+    "Billing_Cycle__c (the WHMCS product must exist and price that cycle)"
+)
+FIX_REDIS = "Runbook: ensure Redis is healthy (REDIS_URL, server running, password, network)"
+FIX_DATABASE = "check DATABASE_URL and that the server runs; then `provisioner db upgrade`"
+FIX_KEY = (
+    "SF_PRIVATE_KEY_PATH must name the connected app's unencrypted PEM private key, mode 0600 "
+    "(prod: /app/secrets/sf-private.key)"
+)
+FIX_WHMCS_REACH = "check WHMCS_API_URL (ends in /includes/api.php), the network path and TLS trust"
+
+# Order fields the worker writes (worker/steps.py sf_*_update) and the values it writes.
+WRITTEN_FIELDS = (
+    "Activation_Status__c",
+    "Activation_Error_Code__c",
+    "Activation_Error_Message__c",
+    "WHMCS_Order_ID__c",
+)
+ACTIVATION_VALUES = ("Activating", "Activated", "Failed")
+RETENTION_SECONDS = 72 * 3600  # Salesforce keeps platform events 72 h
+REPLAY_LAG_SECONDS = 30.0  # a received event's replay id is stored right after its enqueue
+
+
+def _store(ctx: Context, body: Callable[[], Mapping[str, Any]]) -> probes.Probe:
+    flights = probes.Flights()
+    return flights.run({"store": lambda: probes.timed(body, ctx.s.secrets())}, STORE_TIMEOUT)[
+        "store"
+    ]
+
+
+def _is_key_problem(text: str) -> bool:
+    return text.startswith("SF_PRIVATE_KEY_PATH")
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def configuration(ctx: Context) -> Verdict:
+    problems = _unique(
+        p for group in ctx.problems.values() for p in group if not _is_key_problem(p)
+    )
+    if problems:
+        return failed(
+            "\n".join(problems),
+            "set each variable named above (README, Configuration); each line shows a good value",
+        )
+    s = ctx.s
+    return passed(
+        f"APP_ENV={s.app_env}; channel {s.events.channel}; queue {s.queue_name}; "
+        f"price book {s.pricebook_id}"
+    )
+
+
+def key_file(ctx: Context) -> Verdict:
+    problems = [p for group in ctx.problems.values() for p in group if _is_key_problem(p)]
+    if ctx.settings is not None:
+        problems += [w for w in ctx.settings.warnings if _is_key_problem(w)]
+    if problems:
+        return failed("\n".join(_unique(problems)), FIX_KEY)
+    path = ctx.settings.salesforce.private_key_path if ctx.settings else "SF_PRIVATE_KEY_PATH"
+    return passed(f"{path}: PEM private key, not readable by others")
+
+
+# --- stores ---------------------------------------------------------------------------------------
+
+
+def redis_store(ctx: Context) -> Verdict:
+    probe = _store(ctx, lambda: probes.ping_redis(ctx.redis()))
+    if not probe.ok:
+        return failed(f"Redis {probe.status}: {probe.error}", FIX_REDIS)
+    return passed(f"PING answered in {probe.latency_ms:.0f} ms")
+
+
+def database_store(ctx: Context) -> Verdict:
+    probe = _store(ctx, lambda: probes.ping_database(ctx.engine()))
+    if not probe.ok:
+        return failed(f"database {probe.status}: {probe.error}", FIX_DATABASE)
+    version = probe.details["schema_version"]
+    if not probe.details["schema_current"]:
+        return failed(
+            f"{ctx.engine().dialect.name} answers, but its schema is at version {version}",
+            "run `provisioner db upgrade`",
+        )
+    return passed(f"{ctx.engine().dialect.name} answers; schema at version {version} (current)")
+
+
+# --- Salesforce -----------------------------------------------------------------------------------
+
+
+def salesforce_login(ctx: Context) -> Verdict:
+    sf = ctx.s.salesforce
+    try:
+        token = ctx.tokens().current()
+    except AuthError as exc:
+        return failed(str(exc), FIX_JWT)
+    except IntegrationError as exc:
+        return failed(
+            str(exc), "check SF_LOGIN_URL, the network path and TLS trust (REQUESTS_CA_BUNDLE)"
+        )
+    return passed(
+        f"JWT bearer login as {sf.username} at {sf.login_url}; instance {token.instance_url}"
+    )
+
+
+def events_enabled(ctx: Context) -> Verdict:
+    if not ctx.s.events.enabled:
+        return failed(
+            "SF_EVENTS_ENABLED=false: the subscriber idles without connecting", FIX_NO_EVENTS
+        )
+    return passed(f"SF_EVENTS_ENABLED=true, SF_EVENTS_REPLAY={ctx.s.events.replay}")
+
+
+def event_channel(ctx: Context) -> Verdict:
+    channel = ctx.s.events.channel
+    try:
+        error = subscribe_once(
+            ctx.session(), ctx.tokens().current(), ctx.s.salesforce.api_version, channel
+        )
+    except (requests.RequestException, ValueError) as exc:
+        return failed(f"CometD endpoint failed: {type(exc).__name__}: {exc}", FIX_NO_EVENTS)
+    if error:
+        return failed(
+            error,
+            FIX_NO_EVENTS + "; grant the API user read access to the platform event "
+            "(permission set) and check the channel name (case-sensitive)",
+        )
+    return passed(f"CometD handshake and subscribe to {channel} accepted (then disconnected)")
+
+
+def subscribe_once(session: requests.Session, token: Token, version: str, channel: str) -> str:
+    """Handshake, subscribe (new events only), disconnect; "" when accepted, else why not."""
+    url = f"{token.instance_url.rstrip('/')}/cometd/{version}"
+    headers = {"Authorization": f"Bearer {token.access_token}"}
+
+    def send(message: dict[str, Any]) -> dict[str, Any]:
+        reply = session.post(url, json=[message], headers=headers)
+        if reply.status_code != 200:
+            return {"successful": False, "error": f"HTTP {reply.status_code}"}
+        answers = [m for m in reply.json() if m.get("channel") == message["channel"]]
+        return answers[0] if answers else {"successful": False, "error": "no reply"}
+
+    shake = send(
+        {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "minimumVersion": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+            "id": "1",
+            "ext": {"replay": True},
+        }
+    )
+    if not shake.get("successful"):
+        reason = (shake.get("ext") or {}).get("sfdc", {}).get("failureReason", "")
+        return f"CometD handshake refused: {shake.get('error')} {reason}".strip()
+    client_id = shake.get("clientId")
+    try:
+        sub = send(
+            {
+                "channel": "/meta/subscribe",
+                "clientId": client_id,
+                "subscription": channel,
+                "id": "2",
+                "ext": {"replay": {channel: -1}},
+            }
+        )
+    finally:
+        send({"channel": "/meta/disconnect", "clientId": client_id, "id": "3"})
+    if not sub.get("successful"):
+        return f"subscribe to {channel} refused: {sub.get('error')}"
+    return ""
+
+
+def order_fields(ctx: Context) -> Verdict:
+    described = ctx.salesforce().describe("Order")
+    fields = {str(f.get("name")): f for f in described.get("fields", []) if isinstance(f, Mapping)}
+    problems = field_problems(fields)
+    if problems:
+        return failed("\n".join(problems), FIX_FIELDS)
+    return passed(f"the API user may update {', '.join(WRITTEN_FIELDS)}")
+
+
+def field_problems(fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What stops the worker writing its outcome, from Order's describe."""
+    problems = []
+    for name in WRITTEN_FIELDS:
+        described = fields.get(name)
+        if described is None:
+            problems.append(f"Order.{name} does not exist (or is hidden from the API user)")
+        elif not described.get("updateable"):
+            problems.append(f"Order.{name} is read-only for the API user")
+    values = fields.get("Activation_Status__c", {}).get("picklistValues") or []
+    active = {v.get("value") for v in values if isinstance(v, Mapping) and v.get("active", True)}
+    missing = [v for v in ACTIVATION_VALUES if values and v not in active]
+    if missing:
+        problems.append(f"Activation_Status__c lacks the picklist values {', '.join(missing)}")
+    return problems
+
+
+# --- the subscriber -------------------------------------------------------------------------------
+
+
+def subscriber_heartbeat(ctx: Context) -> Verdict:
+    heartbeat = probes.read_heartbeat(ctx.redis(), ctx.s.events.channel)
+    return heartbeat_verdict(heartbeat, ctx.now, ctx.s.events.channel)
+
+
+def heartbeat_verdict(heartbeat: Mapping[str, str], now: float, channel: str) -> Verdict:
+    if not heartbeat:
+        return failed(
+            f"no heartbeat under sf:pe:heartbeat:{channel}: no subscriber has run on this Redis",
+            FIX_NO_EVENTS + "; start the subscriber (python -m subscriber)",
+        )
+    status = probes.subscriber_status(heartbeat, now)
+    seen = (
+        f"state {status['state']}, holder {status['holder']}, "
+        f"last successful connect {_ago(status['last_connect_age_seconds'])}, "
+        f"heartbeat {_ago(status['heartbeat_age_seconds'])}, "
+        f"last event {_ago(status['last_event_age_seconds'])}"
+    )
+    if status["state"] == "disabled":
+        return failed(f"the subscriber runs with SF_EVENTS_ENABLED=false ({seen})", FIX_NO_EVENTS)
+    if not status["active"]:
+        limit = probes.stale_after(heartbeat)
+        return failed(
+            f"subscriber stalled: no successful /meta/connect within {limit:.0f} s ({seen})",
+            FIX_NO_EVENTS + "; restart the subscriber (it resumes from the stored replay id)",
+        )
+    return passed(f"{seen}; {status['events_enqueued']} events enqueued")
+
+
+def replay_progress(ctx: Context) -> Verdict:
+    channel = ctx.s.events.channel
+    stored = probes.read_replay_id(ctx.redis(), channel)
+    heartbeat = probes.read_heartbeat(ctx.redis(), channel)
+    return replay_verdict(stored, heartbeat, ctx.now, channel)
+
+
+def replay_verdict(
+    stored: int | None, heartbeat: Mapping[str, str], now: float, channel: str
+) -> Verdict:
+    """Is sf:pe:replay:<channel> keeping up with what the subscriber receives?"""
+    received = probes.as_int(heartbeat.get("last_replay_id"))
+    last_event = probes.as_float(heartbeat.get("last_event_at"))
+    fallback_at = probes.as_float(heartbeat.get("last_fallback_at"))
+    key = f"sf:pe:replay:{channel}"
+    if fallback_at is not None and now - fallback_at < RETENTION_SECONDS:
+        return failed(
+            f"{_ago(now - fallback_at)} the stored replay id was outside Salesforce's 72 h "
+            f"retention ({heartbeat.get('replay_fallbacks', '?')} fallbacks so far): events "
+            f"published while the subscriber was away may be lost; {key} = {stored}",
+            FIX_REPLAY + "; `provisioner replay` lists the gaps",
+        )
+    if stored is not None and stored < 0:
+        return passed(f"{key} = {stored}: set by an operator (-1 tip, -2 every retained event)")
+    behind = received is not None and (stored is None or stored < received)
+    if behind and last_event is not None and now - last_event > REPLAY_LAG_SECONDS:
+        return failed(
+            f"{key} holds {stored}, but the subscriber received replay id {received} "
+            f"{_ago(now - last_event)}: the replay id is not advancing",
+            FIX_REPLAY,
+        )
+    if stored is None:
+        return passed(f"{key} is not set yet: the subscriber starts with new events")
+    last = "" if last_event is None else f"; last event {_ago(now - last_event)}"
+    return passed(f"{key} = {stored}{last}")
+
+
+# --- WHMCS ----------------------------------------------------------------------------------------
+
+
+def whmcs_credentials(ctx: Context) -> Verdict:
+    try:
+        ctx.whmcs().get_products()
+    except AuthError as exc:
+        if permission_denied(exc):
+            return passed(f"{ctx.s.whmcs.api_url} accepted the credentials ({exc})")
+        return failed(str(exc), whmcs_auth_fix(str(exc)))
+    except IntegrationError as exc:
+        return failed(f"WHMCS unreachable or not answering JSON: {exc}", FIX_WHMCS_REACH)
+    return passed(f"{ctx.s.whmcs.api_url} answered GetProducts with these credentials")
+
+
+def whmcs_auth_fix(message: str) -> str:
+    text = message.lower()
+    if "invalid ip" in text:
+        return (
+            "allow this host's egress IP under WHMCS General Settings > Security > API IP Access "
+            "Restriction, or set WHMCS_API_ACCESS_KEY to the configuration.php $api_access_key"
+        )
+    if "banned" in text:
+        return (
+            "too many failed logins banned this IP (15 min by default): fix the secret, then lift "
+            "the ban in WHMCS (Utilities > Security > Banned IPs)"
+        )
+    if "access key" in text:
+        return "WHMCS_API_ACCESS_KEY does not match $api_access_key in WHMCS configuration.php"
+    return (
+        "WHMCS_API_IDENTIFIER and WHMCS_API_SECRET must be an API credential of an active admin "
+        "(Setup > Staff Management > Manage API Credentials); do not retry blindly: each failure "
+        "counts toward an IP ban"
+    )
+
+
+def permission_denied(exc: BaseException) -> bool:
+    """WHMCS's 403 for an action outside the credential's API role (credentials themselves ok)."""
+    return isinstance(exc, AuthError) and "invalid permissions" in str(exc).lower()
+
+
+def classify_action(exc: BaseException | None) -> str:
+    """`allowed` (answered, even with a validation error), `denied`, or what went wrong."""
+    if exc is None or isinstance(exc, RemoteError):
+        return "allowed"
+    if permission_denied(exc):
+        return "denied"
+    return f"error: {exc}"
+
+
+# Every action WhmcsClient sends, with parameters WHMCS refuses as incomplete (a validation error
+# after the role check) before it could read much or change anything.
+ROLE_PROBES: dict[str, dict[str, Any]] = {
+    "GetProducts": {"pid": 0},
+    "GetPaymentMethods": {},
+    "GetPayMethods": {},
+    "GetClientsDetails": {},
+    "GetOrders": {"id": 0, "limitnum": 1},
+    "AddOrder": {},
+    "AcceptOrder": {},
+    "CancelOrder": {},
+}
+WRITE_ACTIONS = frozenset({"AddOrder", "AcceptOrder", "CancelOrder"})
+FIX_ROLE = (
+    "allow these actions in the API role of WHMCS_API_IDENTIFIER's credential (WHMCS: Setup > "
+    "Staff Management > Manage API Credentials > API Roles)"
+)
+
+
+def whmcs_role(ctx: Context) -> Verdict:
+    answers = {}
+    for action, params in ROLE_PROBES.items():
+        try:
+            ctx.whmcs().call(action, params, write=action in WRITE_ACTIONS)
+            answers[action] = classify_action(None)
+        except IntegrationError as exc:
+            answers[action] = classify_action(exc)
+    return role_verdict(answers)
+
+
+def role_verdict(answers: Mapping[str, str]) -> Verdict:
+    denied = [action for action, answer in answers.items() if answer == "denied"]
+    broken = [
+        f"{action}: {answer}" for action, answer in answers.items() if answer.startswith("error")
+    ]
+    if denied:
+        return failed(f"the API role does not allow {', '.join(denied)}", FIX_ROLE)
+    if broken:
+        return failed("\n".join(broken), FIX_WHMCS_REACH)
+    return passed(f"the API role allows {', '.join(answers)}")
+
+
+def product_mapping(ctx: Context) -> Verdict:
+    pricebook = ctx.s.pricebook_id
+    if not is_valid_id(pricebook):
+        return failed(f"PORTAL_PRICEBOOK_ID={pricebook!r} is not a Salesforce id", FIX_MAPPING)
+    rows = ctx.salesforce().query(
+        "SELECT Id, Product2Id, Product2.Name, Product2.ProductCode, Product2.IsActive, "
+        "Product2.WH_Product_ID__c, Product2.Billing_Cycle__c FROM PricebookEntry "
+        f"WHERE Pricebook2Id = '{to18(pricebook)}' AND IsActive = true"
+    )
+    products = [r.get("Product2") or {} for r in rows]
+    active = [p for p in products if p.get("IsActive")]
+    if not active:
+        return failed(
+            f"price book {pricebook} has no active products",
+            "check PORTAL_PRICEBOOK_ID and the price book's active entries",
+        )
+    catalogue = {int(p["pid"]): p for p in ctx.whmcs().get_products() if "pid" in p}
+    gaps = coverage_gaps(active, catalogue)
+    if gaps:
+        return failed(
+            f"{len(gaps)} of {len(active)} active products:\n" + "\n".join(gaps), FIX_MAPPING
+        )
+    return passed(
+        f"all {len(active)} active products of price book {pricebook} map to WHMCS products "
+        "with a priced billing cycle"
+    )
+
+
+def coverage_gaps(
+    products: Iterable[Mapping[str, Any]], catalogue: Mapping[int, Mapping[str, Any]]
+) -> list[str]:
+    """One line per product the worker could not order, by the worker's own mapping rules."""
+    gaps = []
+    for product in products:
+        item = mapping.OrderItem(
+            item_id=str(product.get("Id") or ""),
+            number="",
+            product_name=str(product.get("Name") or ""),
+            product_code=str(product.get("ProductCode") or ""),
+            whmcs_pid=product.get("WH_Product_ID__c"),
+            billing_cycle=product.get("Billing_Cycle__c"),
+            quantity=1,
+        )
+        mapped = mapping.map_item(item, catalogue)
+        if not mapped.ok:
+            label = item.product_name + (f" ({item.product_code})" if item.product_code else "")
+            gaps.append(f"{label}: {mapped.gap_code}: {mapped.gap}")
+    return gaps
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("configuration", configuration, offline=True),
+    Check("private key file", key_file, offline=True),
+    Check("redis", redis_store),
+    Check("database", database_store),
+    Check("salesforce login (JWT)", salesforce_login, groups=("salesforce",)),
+    Check("events enabled", events_enabled, groups=("events",)),
+    Check(
+        "event channel subscribable",
+        event_channel,
+        groups=("salesforce", "events"),
+        after=("salesforce login (JWT)",),
+    ),
+    Check(
+        "order fields updateable",
+        order_fields,
+        groups=("salesforce",),
+        after=("salesforce login (JWT)",),
+    ),
+    Check("subscriber heartbeat", subscriber_heartbeat, groups=("events",), after=("redis",)),
+    Check("replay progress", replay_progress, groups=("events",), after=("redis",)),
+    Check("whmcs credentials", whmcs_credentials, groups=("whmcs",)),
+    # After a credential failure nothing else is sent: each refused login counts toward a ban.
+    Check("whmcs api role", whmcs_role, groups=("whmcs",), after=("whmcs credentials",)),
+    Check(
+        "product mapping",
+        product_mapping,
+        groups=("salesforce", "orders", "whmcs"),
+        after=("salesforce login (JWT)", "whmcs credentials"),
+    ),
+)

@@ -1,0 +1,131 @@
+"""`provisioner replay show | set <id> | reset`: inspect or move the stored replay position.
+
+The subscriber reads `sf:pe:replay:<channel>` whenever it subscribes (at start and after every
+reconnect), so a change takes effect at its next subscription; restart it to apply one now.
+`set -2` then a restart backfills every retained event (72 h) without touching SF_EVENTS_REPLAY;
+the EventUuid dedupe and the worker's guard make that safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+
+from shared.connections import redis_client
+from shared.startup import start
+from subscriber import heartbeat
+from subscriber.replay import EARLIEST, TIP, ReplayStore
+
+GAPS_SHOWN = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("show", help="the stored replay id, the subscriber's heartbeat and gaps")
+    setter = actions.add_parser(
+        "set", help="store a replay id: N (resume after N), -1 (tip) or -2 (every retained event)"
+    )
+    setter.add_argument("replay_id", type=int)
+    actions.add_parser("reset", help="forget the stored id (LATEST then starts from the tip)")
+    parser.add_argument(
+        "--channel", help="platform event channel (default: SF_PROVISION_EVENT_CHANNEL)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = start("provisioner", needs=(), log=False)
+    channel = args.channel or settings.events.channel
+    connection = redis_client(settings.redis_url)
+    try:
+        store = ReplayStore(connection, channel)
+        if args.action == "show":
+            print(show(store, settings.events.replay, time.time()))
+            return 0
+        if args.action == "set":
+            if args.replay_id < EARLIEST:
+                print("replay id must be -2, -1 or a replay id Salesforce gave out")
+                return 2
+            before = store.get()
+            store.set(args.replay_id)
+            print(f"{store.key}: {_position(before)} -> {_position(args.replay_id)}")
+        else:
+            before = store.get()
+            store.reset()
+            print(f"{store.key}: {_position(before)} -> none")
+        print("Takes effect at the subscriber's next subscription: restart it to apply now.")
+        return 0
+    finally:
+        connection.close()
+
+
+def show(store: ReplayStore, mode: str, now: float) -> str:
+    stored = store.get()
+    beat = heartbeat.read(store.redis, store.channel)
+    gaps = heartbeat.gaps(store.redis, store.channel)
+    lines = [
+        f"channel:          {store.channel}",
+        f"stored replay id: {_position(stored)}  ({store.key})",
+        f"next start:       {_next_start(mode, stored)}",
+        f"subscriber:       {_summary(beat, now)}",
+    ]
+    if beat:
+        lines.append(
+            f"events:           {beat.get('events_enqueued', '0')} enqueued, "
+            f"{beat.get('duplicates', '0')} duplicates ignored, last replay id "
+            f"{beat.get('last_replay_id', '-')} {_ago(beat.get('last_event_at'), now)}"
+        )
+    lines.append(
+        f"replay fallbacks: {beat.get('replay_fallbacks', '0')} (possible gaps; newest first)"
+    )
+    for gap in gaps[:GAPS_SHOWN]:
+        lines.append(
+            f"  {_when(gap.get('at'))}  requested {gap.get('requested')} -> "
+            f"fell back to {gap.get('fallback')}: {gap.get('error', '')[:120]}"
+        )
+    return "\n".join(lines)
+
+
+def _position(value: int | None) -> str:
+    if value is None:
+        return "none"
+    if value == TIP:
+        return "-1 (tip: new events only)"
+    if value == EARLIEST:
+        return "-2 (every retained event)"
+    return str(value)
+
+
+def _next_start(mode: str, stored: int | None) -> str:
+    if mode == "ALL":
+        return "-2 at process start (SF_EVENTS_REPLAY=ALL), then the stored id"
+    if stored is None:
+        return "-1 (SF_EVENTS_REPLAY=LATEST and nothing stored)"
+    return f"{_position(stored)} (SF_EVENTS_REPLAY=LATEST)"
+
+
+def _summary(beat: dict[str, str], now: float) -> str:
+    if not beat:
+        return "no heartbeat (never ran against this Redis)"
+    return (
+        f"{beat.get('state', '?')} on {beat.get('holder', '?')}, "
+        f"updated {_ago(beat.get('updated_at'), now)}, "
+        f"last connect {_ago(beat.get('last_connect_at'), now)}"
+    )
+
+
+def _ago(stamp: str | None, now: float) -> str:
+    if not stamp:
+        return "never"
+    try:
+        return f"{max(0.0, now - float(stamp)):.0f}s ago"
+    except ValueError:
+        return "?"
+
+
+def _when(stamp: object) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(float(str(stamp)), datetime.UTC)
+    except ValueError:
+        return "?"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,529 @@
+"""A small SOQL: parse the grammar of docs/design.md, check names against the schema, run it.
+
+    SELECT <field | Rel.Path.Field | (SELECT ... FROM ChildRel ...)>, ...  FROM <Object>
+    [WHERE <path> (= | != | IN (...)) <literal> [AND ...]] [ORDER BY <path> [ASC|DESC], ...]
+    [LIMIT n]
+
+Errors are `SoqlError(code, message)` with Salesforce's codes and message shapes: syntax is
+MALFORMED_QUERY, an unknown field or parent relationship INVALID_FIELD, an unknown object or
+child relationship INVALID_TYPE, a literal of the wrong type INVALID_QUERY_FILTER_OPERATOR.
+Pure: records come from a `Source`, the clock is not read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sandbox.sfschema import Field, SObject, sobject
+from shared.sfid import is_valid_id, to18
+
+
+class SoqlError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Source(Protocol):
+    def records(self, sobject: str) -> Iterable[dict[str, Any]]: ...
+
+    def get(self, sobject: str, record_id: str) -> dict[str, Any] | None: ...
+
+
+# --- syntax ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # name, string, number, op, end
+    text: str
+    pos: int
+
+
+@dataclass(frozen=True)
+class Literal:
+    kind: str  # string, number, boolean, null
+    value: Any
+    pos: int
+
+
+@dataclass(frozen=True)
+class Path:
+    text: str  # as written: "PricebookEntry.Product2.Name"
+    pos: int
+
+
+@dataclass(frozen=True)
+class Condition:
+    path: Path
+    op: str  # "=", "!=", "IN"
+    values: tuple[Literal, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    items: tuple[Path | Query, ...]  # a nested Query is a child-relationship subquery
+    sobject: Path
+    where: tuple[Condition, ...] = ()
+    order_by: tuple[tuple[Path, bool], ...] = ()  # (path, descending)
+    limit: int | None = None
+
+
+_TOKENS = re.compile(
+    r"""(?P<ws>\s+)
+    |(?P<string>'(?:[^'\\]|\\.)*')
+    |(?P<number>[-+]?\d+(?:\.\d+)?(?![\w.]))
+    |(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)
+    |(?P<op>!=|=|,|\(|\))""",
+    re.X | re.S,
+)
+_ESCAPES = {
+    "n": "\n",
+    "N": "\n",
+    "r": "\r",
+    "R": "\r",
+    "t": "\t",
+    "T": "\t",
+    "b": "\b",
+    "B": "\b",
+    "f": "\f",
+    "F": "\f",
+    '"': '"',
+    "'": "'",
+    "\\": "\\",
+    "_": "\\_",  # LIKE escapes keep their backslash
+    "%": "\\%",
+}
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        match = _TOKENS.match(text, pos)
+        if match is None:
+            raise malformed(text, pos, text[pos])
+        if match.lastgroup != "ws":
+            tokens.append(Token(match.lastgroup or "", match.group(), pos))
+        pos = match.end()
+    tokens.append(Token("end", "<EOF>", len(text)))
+    return tokens
+
+
+def unquote(text: str, token: Token) -> str:
+    out, i, body = [], 0, token.text[1:-1]
+    while i < len(body):
+        char = body[i]
+        if char == "\\":
+            escaped = _ESCAPES.get(body[i + 1])
+            if escaped is None:
+                raise SoqlError(
+                    "MALFORMED_QUERY",
+                    f"{_where(text, token.pos)}Invalid string literal '{token.text}'. "
+                    "Illegal character sequence '\\" + body[i + 1] + "' in string literal.",
+                )
+            out.append(escaped)
+            i += 2
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _where(text: str, pos: int) -> str:
+    """The header Salesforce puts on query errors: the line, a caret, Row and Column."""
+    row = text.count("\n", 0, pos) + 1
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    line = text[start : end if end != -1 else len(text)]
+    column = pos - start + 1
+    return f"\n{line}\n{' ' * (column - 1)}^\nERROR at Row:{row}:Column:{column}\n"
+
+
+def malformed(text: str, pos: int, token: str) -> SoqlError:
+    return SoqlError("MALFORMED_QUERY", f"{_where(text, pos)}unexpected token: '{token}'")
+
+
+_CLAUSE_WORDS = ("SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "ORDER", "BY", "ASC", "DESC")
+_RESERVED = frozenset((*_CLAUSE_WORDS, "LIMIT", "NULL", "TRUE", "FALSE"))
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = tokenize(text)
+        self.i = 0
+
+    @property
+    def token(self) -> Token:
+        return self.tokens[self.i]
+
+    def fail(self) -> SoqlError:
+        return malformed(self.text, self.token.pos, self.token.text)
+
+    def next(self) -> Token:
+        token = self.token
+        self.i += 1
+        return token
+
+    def keyword(self, *words: str) -> bool:
+        """Consume the keywords `words` if they come next."""
+        for offset, word in enumerate(words):
+            token = self.tokens[min(self.i + offset, len(self.tokens) - 1)]
+            if token.kind != "name" or token.text.upper() != word:
+                return False
+        self.i += len(words)
+        return True
+
+    def expect_keyword(self, word: str) -> None:
+        if not self.keyword(word):
+            raise self.fail()
+
+    def expect_op(self, op: str) -> None:
+        if self.token.kind != "op" or self.token.text != op:
+            raise self.fail()
+        self.i += 1
+
+    def path(self, reserved: frozenset[str] = frozenset()) -> Path:
+        if self.token.kind != "name" or self.token.text.upper() in reserved:
+            raise self.fail()
+        token = self.next()
+        return Path(token.text, token.pos)
+
+    def query(self, nested: bool = False) -> Query:
+        self.expect_keyword("SELECT")
+        items = [self.item(nested)]
+        while self.token.text == ",":
+            self.next()
+            items.append(self.item(nested))
+        self.expect_keyword("FROM")
+        source = self.path()  # "Order" is a keyword and an object name: no reserved words here
+        where = self.where() if self.keyword("WHERE") else ()
+        order = self.order_by() if self.keyword("ORDER", "BY") else ()
+        limit = self.limit() if self.keyword("LIMIT") else None
+        return Query(tuple(items), source, where, order, limit)
+
+    def item(self, nested: bool) -> Path | Query:
+        if self.token.text != "(":
+            return self.path(_RESERVED)
+        if nested:
+            raise self.fail()  # Salesforce allows one level of subquery
+        self.next()
+        sub = self.query(nested=True)
+        self.expect_op(")")
+        return sub
+
+    def where(self) -> tuple[Condition, ...]:
+        conditions = [self.condition()]
+        while self.keyword("AND"):
+            conditions.append(self.condition())
+        return tuple(conditions)
+
+    def condition(self) -> Condition:
+        path = self.path(_RESERVED)
+        if self.keyword("IN"):
+            self.expect_op("(")
+            values = [self.literal()]
+            while self.token.text == ",":
+                self.next()
+                values.append(self.literal())
+            self.expect_op(")")
+            return Condition(path, "IN", tuple(values))
+        if self.token.kind != "op" or self.token.text not in ("=", "!="):
+            raise self.fail()
+        op = self.next().text
+        return Condition(path, op, (self.literal(),))
+
+    def literal(self) -> Literal:
+        token = self.next()
+        word = token.text.lower()
+        if token.kind == "string":
+            return Literal("string", unquote(self.text, token), token.pos)
+        if token.kind == "number":
+            return Literal("number", float(token.text), token.pos)
+        if token.kind == "name" and word in ("true", "false"):
+            return Literal("boolean", word == "true", token.pos)
+        if token.kind == "name" and word == "null":
+            return Literal("null", None, token.pos)
+        self.i -= 1
+        raise self.fail()
+
+    def order_by(self) -> tuple[tuple[Path, bool], ...]:
+        keys = [self.order_key()]
+        while self.token.text == ",":
+            self.next()
+            keys.append(self.order_key())
+        return tuple(keys)
+
+    def order_key(self) -> tuple[Path, bool]:
+        path = self.path(_RESERVED)
+        if self.keyword("DESC"):
+            return path, True
+        self.keyword("ASC")
+        return path, False
+
+    def limit(self) -> int:
+        token = self.next()
+        if token.kind != "number" or not token.text.isdigit():
+            self.i -= 1
+            raise self.fail()
+        return int(token.text)
+
+
+def parse(text: str) -> Query:
+    """The syntax tree of `text`, or SoqlError MALFORMED_QUERY."""
+    parser = _Parser(text)
+    query = parser.query()
+    if parser.token.kind != "end":
+        raise parser.fail()
+    return query
+
+
+# --- names ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A field path checked against the schema: the parent hops, then the field."""
+
+    hops: tuple[tuple[str, str, Field], ...]  # (relationship name, target object, fk field)
+    field: Field
+
+
+def _no_such_column(text: str, pos: int, name: str, entity: str) -> SoqlError:
+    return SoqlError(
+        "INVALID_FIELD",
+        f"{_where(text, pos)}No such column '{name}' on entity '{entity}'. If you are attempting "
+        "to use a custom field, be sure to append the '__c' after the custom field name. Please "
+        "reference your WSDL or the describe call for the appropriate names.",
+    )
+
+
+def _bad_relationship(text: str, pos: int, name: str) -> SoqlError:
+    return SoqlError(
+        "INVALID_FIELD",
+        f"{_where(text, pos)}Didn't understand relationship '{name}' in field path. If you are "
+        "attempting to use a custom relationship, be sure to append the '__r' after the custom "
+        "relationship name. Please reference your WSDL or the describe call for the appropriate "
+        "names.",
+    )
+
+
+def resolve(text: str, path: Path, root: SObject) -> Resolved:
+    *relationships, name = path.text.split(".")
+    current, hops = root, []
+    for relationship in relationships:
+        ref = current.parent(relationship)
+        target = sobject(ref.reference_to) if ref else None
+        if ref is None or target is None:
+            raise _bad_relationship(text, path.pos, relationship)
+        hops.append((ref.relationship, target.name, ref))
+        current = target
+    found = current.field(name)
+    if found is None:
+        raise _no_such_column(text, path.pos, name, current.name)
+    return Resolved(tuple(hops), found)
+
+
+def _object(text: str, path: Path) -> SObject:
+    found = sobject(path.text)
+    if found is None:
+        raise SoqlError(
+            "INVALID_TYPE",
+            f"{_where(text, path.pos)}sObject type '{path.text}' is not supported. If you are "
+            "attempting to use a custom object, be sure to append the '__c' after the entity "
+            "name. Please reference your WSDL or the describe call for the appropriate names.",
+        )
+    return found
+
+
+def _child(text: str, path: Path, parent: SObject) -> tuple[str, SObject, str]:
+    found = parent.child(path.text)
+    target = sobject(found[1]) if found else None
+    if found is None or target is None:
+        raise SoqlError(
+            "INVALID_TYPE",
+            f"{_where(text, path.pos)}Didn't understand relationship '{path.text}' in FROM part "
+            "of query call. If you are attempting to use a custom relationship, be sure to append "
+            "the '__r' after the custom relationship name. Please reference your WSDL or the "
+            "describe call for the appropriate names.",
+        )
+    return found[0], target, found[2]
+
+
+# --- filters --------------------------------------------------------------------------------
+
+_LITERAL_FOR_TYPE = {  # field type -> (literal kind it takes, type word in the error text)
+    "id": ("string", "id"),
+    "reference": ("string", "id"),
+    "string": ("string", "string"),
+    "picklist": ("string", "string"),
+    "textarea": ("string", "string"),
+    "double": ("number", "double"),
+    "currency": ("number", "currency"),
+    "int": ("number", "int"),
+    "boolean": ("boolean", "boolean"),
+    "date": ("date", "date"),
+    "datetime": ("datetime", "datetime"),
+}
+
+
+def check_literal(text: str, field: Field, literal: Literal) -> Any:
+    """The literal as a comparable value, or the error Salesforce gives for its type."""
+    if literal.kind == "null":
+        return None
+    kind, word = _LITERAL_FOR_TYPE[field.type]
+    if literal.kind != kind:
+        quoted = "be enclosed in quotes" if kind == "string" else "not be enclosed in quotes"
+        raise SoqlError(
+            "INVALID_QUERY_FILTER_OPERATOR",
+            f"{_where(text, literal.pos)}value of filter criterion for field '{field.name}' "
+            f"must be of type {word} and should {quoted}",
+        )
+    if word == "id":
+        if not is_valid_id(literal.value):
+            raise SoqlError(
+                "INVALID_QUERY_FILTER_OPERATOR",
+                f"{_where(text, literal.pos)}invalid ID field: {literal.value}",
+            )
+        return to18(literal.value)
+    return comparable(field, literal.value)
+
+
+def comparable(field: Field, value: Any) -> Any:
+    """Text compares case-insensitively in SOQL; ids and numbers exactly."""
+    if value is None:
+        return None
+    if field.type in ("string", "picklist", "textarea"):
+        return str(value).casefold()
+    if field.type in ("double", "currency", "int"):
+        return float(value)
+    return value
+
+
+def _matches(op: str, actual: Any, wanted: list[Any]) -> bool:
+    if op == "!=":
+        return actual != wanted[0]
+    return actual in wanted
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, text: str, source: Source, version: str) -> None:
+        self.text = text
+        self.source = source
+        self.version = version
+
+    def attributes(self, sobject_name: str, record_id: str) -> dict[str, str]:
+        url = f"/services/data/v{self.version}/sobjects/{sobject_name}/{record_id}"
+        return {"type": sobject_name, "url": url}
+
+    def follow(self, record: dict[str, Any] | None, resolved: Resolved) -> Any:
+        for _, target, ref in resolved.hops:
+            if record is None or record.get(ref.name) is None:
+                return None
+            record = self.source.get(target, record[ref.name])
+        return None if record is None else record.get(resolved.field.name)
+
+    def filter(self, root: SObject, query: Query) -> Callable[[dict[str, Any]], bool]:
+        checks = []
+        for condition in query.where:
+            resolved = resolve(self.text, condition.path, root)
+            wanted = [check_literal(self.text, resolved.field, v) for v in condition.values]
+            checks.append((condition.op, resolved, wanted))
+
+        def keep(record: dict[str, Any]) -> bool:
+            return all(
+                _matches(op, comparable(resolved.field, self.follow(record, resolved)), wanted)
+                for op, resolved, wanted in checks
+            )
+
+        return keep
+
+    def sort(self, root: SObject, query: Query, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for path, descending in reversed(query.order_by):
+            resolved = resolve(self.text, path, root)
+
+            def key(row: dict[str, Any], resolved: Resolved = resolved) -> tuple[bool, Any]:
+                value = comparable(resolved.field, self.follow(row, resolved))
+                # Salesforce puts nulls first ascending and last descending.
+                return (value is not None, value if value is not None else 0)
+
+            rows = sorted(rows, key=key, reverse=descending)
+        return rows
+
+    def select(
+        self, root: SObject, query: Query, rows: Iterable[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        keep = self.filter(root, query)
+        chosen = self.sort(root, query, [r for r in rows if keep(r)])
+        return chosen if query.limit is None else chosen[: query.limit]
+
+    def shape(self, root: SObject, query: Query, record: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"attributes": self.attributes(root.name, record["Id"])}
+        for item in query.items:
+            if isinstance(item, Query):
+                name, value = self.subquery(root, item, record)
+                out[name] = value
+            else:
+                self.put(out, record, resolve(self.text, item, root))
+        return out
+
+    def put(self, out: dict[str, Any], record: dict[str, Any] | None, resolved: Resolved) -> None:
+        """Write one field path into `out`, nesting parents as records with attributes."""
+        node = out
+        for relationship, target, ref in resolved.hops:
+            parent_id = record.get(ref.name) if record else None
+            record = self.source.get(target, parent_id) if parent_id else None
+            if record is None:
+                node.setdefault(relationship, None)
+                return
+            if node.get(relationship) is None:
+                node[relationship] = {"attributes": self.attributes(target, record["Id"])}
+            node = node[relationship]
+        node[resolved.field.name] = record.get(resolved.field.name) if record else None
+
+    def subquery(
+        self, parent: SObject, query: Query, record: dict[str, Any]
+    ) -> tuple[str, dict[str, Any] | None]:
+        name, child, fk = _child(self.text, query.sobject, parent)
+        rows = [r for r in self.source.records(child.name) if r.get(fk) == record["Id"]]
+        chosen = self.select(child, query, rows)
+        if not chosen:
+            return name, None  # Salesforce answers null, not an empty result, for no children
+        records = [self.shape(child, query, r) for r in chosen]
+        return name, {"totalSize": len(records), "done": True, "records": records}
+
+    def run(self, query: Query) -> dict[str, Any]:
+        root = _object(self.text, query.sobject)
+        self.check_names(root, query)
+        chosen = self.select(root, query, self.source.records(root.name))
+        records = [self.shape(root, query, r) for r in chosen]
+        return {"totalSize": len(records), "done": True, "records": records}
+
+    def check_names(self, root: SObject, query: Query) -> None:
+        """Every name is checked before any row is read, as Salesforce compiles first."""
+        seen: set[str] = set()
+        for item in query.items:
+            if isinstance(item, Query):
+                _, child, _ = _child(self.text, item.sobject, root)
+                self.check_names(child, item)
+                continue
+            resolve(self.text, item, root)
+            if item.text.lower() in seen:
+                where = _where(self.text, item.pos)
+                raise SoqlError("MALFORMED_QUERY", f"{where}duplicate field selected: {item.text}")
+            seen.add(item.text.lower())
+        self.filter(root, query)
+        for path, _ in query.order_by:
+            resolve(self.text, path, root)
+
+
+def execute(text: str, source: Source, version: str = "59.0") -> dict[str, Any]:
+    """Run the SOQL `text` over `source`: Salesforce's query reply, or SoqlError."""
+    return _Run(text, source, version).run(parse(text))

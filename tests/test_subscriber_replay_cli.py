@@ -1,0 +1,74 @@
+"""`provisioner replay show | set | reset` against real Redis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from provisioner import replay as replay_cmd
+from shared import keys
+from shared.config import DEFAULT_CHANNEL
+from subscriber.heartbeat import Heartbeat
+
+
+@pytest.fixture
+def run(redis_url, redis_conn, monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("SF_PROVISION_EVENT_CHANNEL", raising=False)
+    monkeypatch.delenv("SF_EVENTS_REPLAY", raising=False)
+
+    def run(*argv: str) -> tuple[int, str]:
+        parser = argparse.ArgumentParser()
+        replay_cmd.add_arguments(parser)
+        code = replay_cmd.run(parser.parse_args(argv))
+        return code, capsys.readouterr().out
+
+    return run
+
+
+def stored(redis_conn) -> bytes | None:
+    return redis_conn.get(keys.replay_key(DEFAULT_CHANNEL))
+
+
+def test_set_then_show_then_reset(run, redis_conn):
+    code, out = run("set", "4711")
+    assert code == 0 and "none -> 4711" in out
+    assert stored(redis_conn) == b"4711"
+    code, out = run("show")
+    assert code == 0
+    assert "stored replay id: 4711" in out
+    assert "no heartbeat" in out
+    code, out = run("reset")
+    assert code == 0 and stored(redis_conn) is None
+
+
+def test_set_minus_two_is_the_backfill_position(run, redis_conn):
+    code, out = run("set", "-2")
+    assert code == 0 and "every retained event" in out
+    assert stored(redis_conn) == b"-2"
+
+
+def test_set_refuses_nonsense(run, redis_conn):
+    code, _ = run("set", "-5")
+    assert code == 2
+    assert stored(redis_conn) is None
+
+
+def test_show_reports_heartbeat_and_gaps(run, redis_conn):
+    heartbeat = Heartbeat(redis_conn, DEFAULT_CHANNEL, "host:7")
+    heartbeat.connected(advised_timeout=110)
+    heartbeat.record_fallback(123, -1, "400::The replayId {123} you provided was invalid.")
+    code, out = run("show")
+    assert code == 0
+    assert "connected on host:7" in out
+    assert "replay fallbacks: 1" in out
+    assert "requested 123 -> fell back to -1" in out
+    record = json.loads(redis_conn.lindex(keys.gaps_key(DEFAULT_CHANNEL), 0))
+    assert record["requested"] == 123
+
+
+def test_channel_option(run, redis_conn):
+    run("--channel", "/event/Other__e", "set", "5")
+    assert redis_conn.get(keys.replay_key("/event/Other__e")) == b"5"

@@ -1,0 +1,7 @@
+"""`python -m worker`: run RQ workers on the provisioning queue."""
+
+import sys
+
+from worker.main import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""`python -m worker`: settings and JSON logging first, the schema checked, then RQ and the reaper.
+
+Run as many as you like, on one machine or many, against one Redis: the per-order lease keeps two
+workers off one order, and every process also runs the reaper of abandoned jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rq import SimpleWorker, Worker
+from rq.serializers import JSONSerializer
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared import db
+from shared.connections import database_engine, redis_client
+from shared.queueing import provisioning_queue
+from shared.salesforce import SalesforceClient
+from shared.sfauth import TokenProvider
+from shared.startup import EXIT_CONFIG, start
+from worker import jobs, reaper
+from worker.records import Records
+
+log = logging.getLogger("worker")
+
+# RQ's own sweep of abandoned jobs (10 min by default); the reaper acts sooner, this is the net.
+MAINTENANCE_INTERVAL = 60
+WORKER_CLASSES = {"fork": Worker, "simple": SimpleWorker}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="Fulfil queued Salesforce orders in WHMCS (an RQ worker plus the reaper).",
+    )
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--worker-class",
+        choices=sorted(WORKER_CLASSES),
+        default="fork",
+        help="fork: a fresh work horse per job (isolation, the default); "
+        "simple: jobs run in this process (faster, no isolation)",
+    )
+    parser.add_argument("--name", help="worker name (default: <hostname>.<pid>)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = start("worker", needs=jobs.NEEDS)
+    engine = database_engine(settings.database_url)
+    try:
+        db.check(engine)
+    except db.SchemaError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        log.error("Database schema is not current", extra={"error": str(exc)})
+        return EXIT_CONFIG
+    except SQLAlchemyError as exc:
+        log.error("Database unreachable", extra={"error": type(exc).__name__})
+        return 1
+    jobs.configure(settings)
+
+    own = redis_client(settings.redis_url)  # the reaper's; RQ gets its own connection below
+    sweeper = reaper.Reaper(
+        own,
+        Records(engine),
+        SalesforceClient(settings.salesforce, TokenProvider(settings.salesforce, own)),
+        settings.order_lock_ttl,
+        secrets=settings.secrets(),
+    )
+    connection = redis_client(settings.redis_url)
+    queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
+    worker = WORKER_CLASSES[args.worker_class](
+        [queue],
+        connection=connection,
+        name=args.name or jobs.worker_name(),
+        serializer=JSONSerializer,
+        maintenance_interval=MAINTENANCE_INTERVAL,
+        log_job_description=False,  # the description holds the event payload
+    )
+    log.info(
+        "Worker starting",
+        extra={
+            "queue": settings.queue_name,
+            "worker": worker.name,
+            "worker_class": args.worker_class,
+            "burst": args.burst,
+            "reaper_interval_s": sweeper.interval,
+            "abandoned_detection_bound_s": reaper.detection_bound(settings.order_lock_ttl),
+        },
+    )
+    sweeper.start()
+    try:
+        worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
+    finally:
+        sweeper.stop()
+        engine.dispose()
+    return 0
