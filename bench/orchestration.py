@@ -11,11 +11,17 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import BenchError, Measurement, Row, Run, Target, median, percentile
 from bench.rig import Rig, stop_all
+from shared.config import load_settings
+from shared.http import TimeoutSession
+from shared.salesforce import SalesforceClient
+from shared.sfauth import TokenProvider
+from shared.whmcs import WhmcsClient
 
 LATENCY = 0.020  # seconds per backend call
 TARGET = Target(1.15)
@@ -34,11 +40,19 @@ def measure(run: Run) -> Measurement:
     result = Measurement(3, "orchestration", "Orchestration overhead")
     count = run.size(25, 3)
     batches = {cls: _orders(rig, cls, count) for cls in ("fork", "simple")}
+    bare = _bare_calls(rig, run.size(40, 5))
     per_class = {cls: orders for cls, (orders, _) in batches.items()}
     fork, simple = per_class["fork"], per_class["simple"]
     result.rows = [
         _row("one order in the job, fork Worker (default)", fork, TARGET),
         _row("one order in the job, SimpleWorker", simple, None),
+        Row(
+            "floor: the same backend calls made alone on warm connections",
+            _floor(batches["simple"][1], bare) * 1000,
+            "ms",
+            "sum of its backend latencies (median)",
+            median([o.latency_sum for o in simple]) * 1000,
+        ),
         Row(
             "one order end to end (approve -> job finished), fork Worker",
             median([o.end_to_end for o in fork]) * 1000,
@@ -95,6 +109,52 @@ def _one(rig: Rig, order_id: str) -> Order:
     )
 
 
+def _bare_calls(rig: Rig, count: int) -> dict[str, float]:
+    """Median seconds of one call made alone on a warm connection, per system, with the latency
+    on: the emulator's and HTTP's own share of a call, which no orchestration can avoid."""
+    env = rig.env()
+    settings = load_settings(env, ("salesforce", "whmcs"))
+    order_id = rig.new_orders(1)[0]
+
+    def session() -> TimeoutSession:
+        made = TimeoutSession(settings.connect_timeout, settings.salesforce.timeout)
+        # In-process the sandbox's CA is given explicitly; with trust_env off, a
+        # REQUESTS_CA_BUNDLE in the bench's own environment cannot replace it.
+        made.trust_env = False
+        made.verify = env["REQUESTS_CA_BUNDLE"]
+        return made
+
+    tokens = TokenProvider(settings.salesforce, rig.conn, session())
+    salesforce = SalesforceClient(settings.salesforce, tokens, session())
+    whmcs = WhmcsClient(settings.whmcs, session())
+    calls = {
+        "sf": lambda: salesforce.query(f"SELECT Id, Status FROM Order WHERE Id = '{order_id}'"),
+        "whmcs": lambda: whmcs.get_pay_methods(1),
+    }
+    rig.set_latency(LATENCY)
+    try:
+        return {system: _median_call(call, count) for system, call in calls.items()}
+    finally:
+        rig.clear_latency()
+        salesforce.close()
+        whmcs.close()
+
+
+def _median_call(call: Callable[[], object], count: int) -> float:
+    call()  # connect, and (Salesforce) take the token
+    durations = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - started)
+    return median(durations)
+
+
+def _floor(calls: dict[str, float], bare: dict[str, float]) -> float:
+    """One order's backend calls, each at its system's bare call time."""
+    return sum(n * bare[kind.split(".", 1)[0]] for kind, n in calls.items())
+
+
 def _row(figure: str, orders: list[Order], target: Target | None) -> Row:
     return Row(
         figure,
@@ -131,7 +191,7 @@ def _notes(
     ]
     for cls, orders in per_class.items():
         ratios = [o.in_job / o.latency_sum for o in orders if o.latency_sum]
-        kinds = ", ".join(f"{k} {v:g}" for k, v in calls[cls].items())
+        kinds = ", ".join(f"{k} {v:.2g}" for k, v in calls[cls].items())
         in_steps = sum(steps[cls].values())
         outside = median([o.in_job for o in orders]) * 1000 - in_steps
         breakdown = ", ".join(f"{k} {v:.0f}" for k, v in steps[cls].items())

@@ -129,12 +129,21 @@ class Rig:
         client = need("sandbox.client", "SandboxAdmin")
         fixtures = need("sandbox.fixtures", "standard_document")
         database = Database.create(run.database_url, run.work_dir)
-        database.migrate()
-        sandbox = sandbox_app.Sandbox.start(run.work_dir / "sandbox")
+        try:
+            database.migrate()
+            sandbox = sandbox_app.Sandbox.start(run.work_dir / "sandbox")
+        except Exception:
+            database.drop()
+            raise
         admin = client.SandboxAdmin(sandbox.admin_url)
-        admin.load(fixtures.standard_document(0))  # price book, account `acme`, products, WHMCS
+        rig = cls(run, sandbox, admin, database)
+        try:
+            admin.load(fixtures.standard_document(0))  # price book, `acme`, products, WHMCS
+        except Exception:
+            rig.close()
+            raise
         run.shared["database"] = database.description
-        return cls(run, sandbox, admin, database)
+        return rig
 
     def close(self) -> None:
         self.admin.close()

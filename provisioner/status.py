@@ -80,4 +80,4 @@ def as_dict(attempt: Attempt, steps: list[StepRecord]) -> dict[str, Any]:
 
 
 def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"

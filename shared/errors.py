@@ -107,9 +107,20 @@ class WorkerLost(ProvisioningError):
 
 
 def short_message(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """One line, no secrets, at most 255 characters: what Activation_Error_Message__c can hold."""
+    """One line, no secrets, within 255 UTF-16 units: what Activation_Error_Message__c holds.
+
+    Salesforce measures text fields in UTF-16 code units, so an emoji counts twice.
+    """
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     line = " ".join(text.split())
-    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
+    if _utf16_len(line) <= MAX_MESSAGE:
+        return line
+    while _utf16_len(line) > MAX_MESSAGE - 1:
+        line = line[:-1]
+    return line + "…"
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2

@@ -59,11 +59,10 @@ class SalesforceClient:
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """Every record the SOQL selects (following nextRecordsUrl), as plain dicts."""
-        result = self._call("query", lambda sf: sf.query(soql))
+        result: dict[str, Any] = self._call("query", lambda sf: sf.query(soql))
         records = list(_records(result))
         while not result.get("done", True) and result.get("nextRecordsUrl"):
-            url = result["nextRecordsUrl"]
-            result = self._call("query", lambda sf, url=url: sf.query_more(url, True))
+            result = self.query_more(result["nextRecordsUrl"])
             records.extend(_records(result))
         return records
 
@@ -79,7 +78,10 @@ class SalesforceClient:
         self._call("patch", lambda sf: sf.restful(path, method="PATCH", json=fields))
 
     def describe(self, sobject: str) -> dict[str, Any]:
-        return self._call("describe", lambda sf: sf.restful(f"sobjects/{sobject}/describe"))
+        result = self._call("describe", lambda sf: sf.restful(f"sobjects/{sobject}/describe"))
+        if not isinstance(result, dict):
+            raise BadResponse(f"Salesforce describe {sobject}: no JSON object", system=SYSTEM)
+        return result
 
     def close(self) -> None:
         self.session.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.connections import redis_client
-from tests.fixtures.infra import TEST_REDIS_URL
+from tests.fixtures.infra import TEST_DATABASE_URL, TEST_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASUREMENTS = {1, 2, 3, 4, 5, 6}
@@ -25,7 +25,8 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """One quick run shared by the tests below, against the test Redis database."""
     out = tmp_path_factory.mktemp("bench-results")
     redis_client(TEST_REDIS_URL).flushdb()  # the bench refuses a database it did not write
-    args = ["--quick", "--redis-url", TEST_REDIS_URL, "--out", str(out)]
+    args = ["--quick", "--redis-url", TEST_REDIS_URL, "--database-url", TEST_DATABASE_URL]
+    args += ["--out", str(out)]
     proc = subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=ROOT,

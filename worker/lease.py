@@ -100,7 +100,6 @@ class InflightEntry:
     token: str
     started_at: float  # epoch seconds
     worker: str
-    attempt_id: int | None = None
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -114,7 +113,6 @@ class InflightEntry:
                 token=str(data["token"]),
                 started_at=float(data["started_at"]),
                 worker=str(data.get("worker", "")),
-                attempt_id=data.get("attempt_id"),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -132,7 +130,9 @@ def unregister(connection: redis.Redis, order_id: str, raw: str | bytes) -> bool
 
 
 def entries(connection: redis.Redis) -> dict[str, bytes]:
-    return {k.decode(): v for k, v in connection.hgetall(keys.INFLIGHT).items()}
+    """OrderId -> raw entry (the connection returns bytes: decode_responses is off)."""
+    raw: dict[bytes, bytes] = connection.hgetall(keys.INFLIGHT)  # type: ignore[assignment]
+    return {k.decode(): v for k, v in raw.items()}
 
 
 def lease_exists(connection: redis.Redis, order_id: str) -> bool:

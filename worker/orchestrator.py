@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -133,6 +134,9 @@ class Run:
         self.pending: list[StepRecord] = []
         self.accepted_at: datetime | None = None
         self.interrupted = False
+        self._held: contextlib.ExitStack | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._write: Future[None] | None = None
         self.current_step = ""
         self.started = time.perf_counter()
         self._started_at = services.clock()
@@ -157,6 +161,7 @@ class Run:
                 raise
 
     def _execute(self, held: contextlib.ExitStack) -> Outcome:
+        self._held = held
         skip = ""
         with self.step("validation") as note:
             self.order_id = steps.validate_order_id(self.event.order_id)
@@ -240,7 +245,7 @@ class Run:
             note.outcome = "resumed"
             note.detail = f"WHMCS order {found.order_id} from an earlier attempt"
             log.info("Resuming WHMCS order from an earlier attempt", extra=_ids(found))
-            self._checkpoint(whmcs_client_id=plan.client_id, **_columns(found))
+            self._checkpoint_soon(whmcs_client_id=plan.client_id, **_columns(found))
             return found
         self._require_lease("AddOrder")
         self._checkpoint(whmcs_client_id=plan.client_id, create_started_at=self.s.clock())
@@ -253,7 +258,7 @@ class Run:
                     self._checkpoint(create_started_at=None)
                 raise
             created = self._reconcile_after(exc, plan)
-        self._checkpoint(**_columns(created))
+        self._checkpoint_soon(**_columns(created))
         log.info("WHMCS order created", extra=_ids(created))
         note.fields = _ids(created)
         return created
@@ -397,6 +402,7 @@ class Run:
     def _checkpoint(self, **values: Any) -> None:
         """Flush the buffered step log and write the attempt, in one transaction. The row is
         first written here, not when the job starts: one commit less on every order."""
+        self._settle_writes()
         if self.attempt is None:
             self.attempt = self.s.records.begin(
                 order_id=self.order_id or _printable(self.event.order_id),
@@ -413,6 +419,28 @@ class Run:
         else:
             self.s.records.save(self.attempt.id, self.pending, step=self.current_step, **values)
         self.pending = []
+
+    def _checkpoint_soon(self, **values: Any) -> None:
+        """The WHMCS ids, written while AcceptOrder is on the wire instead of before it. Safe:
+        what prevents a second order is the create_started_at checkpoint written (and committed)
+        before AddOrder; these ids only spare a later attempt its GetOrders lookup."""
+        self._settle_writes()
+        if self.attempt is None or self._held is None:
+            self._checkpoint(**values)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")
+            self._held.callback(self._writer.shutdown, wait=True)
+        pending, self.pending = self.pending, []
+        self._write = self._writer.submit(
+            self.s.records.save, self.attempt.id, pending, step=self.current_step, **values
+        )
+
+    def _settle_writes(self) -> None:
+        """Wait for the background write (re-raising its error): writes stay in order."""
+        write, self._write = self._write, None
+        if write is not None:
+            write.result()
 
     def _holds_lease(self) -> bool:
         return self.lease is not None and not self.lease.lost.is_set()

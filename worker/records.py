@@ -107,7 +107,9 @@ class Records:
                     select(func.count()).where(fulfilments.c.sf_order_id == order_id)
                 ).scalar_one()
             )
-            row["id"] = conn.execute(fulfilments.insert().values(**row)).inserted_primary_key[0]
+            inserted = conn.execute(fulfilments.insert().values(**row)).inserted_primary_key
+            assert inserted is not None
+            row["id"] = inserted[0]
             if steps:
                 conn.execute(fulfilment_steps.insert(), [_step_row(row["id"], s) for s in steps])
         return _attempt({**_DEFAULTS, **row})

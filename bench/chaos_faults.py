@@ -1,0 +1,82 @@
+"""The chaos run's faults: what kinds there are, and a seeded schedule of when each strikes.
+
+`plan(seed, ...)` is pure: the same seed gives the same schedule, so a failing run can be
+replayed with `python -m bench.chaos --seed N`. (Processes still race, so a replay reproduces the
+faults and their moments, not every interleaving.)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Kind:
+    key: str
+    label: str
+    full: int  # how many in the full run
+    quick: int  # how many in the --quick run
+    target: str = ""  # the emulator fault target, for faults the sandbox plays
+    fault: str = ""  # the emulator fault kind
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.target)
+
+
+# `hang` params are filled in by the injector: longer than the services' read timeouts.
+KINDS: tuple[Kind, ...] = (
+    Kind("kill_worker", "kill -9 a worker and its work horse", 5, 2),
+    Kind("kill_subscriber", "kill -9 the subscriber", 2, 1),
+    Kind("restart_redis", "restart Redis (append-only on)", 1, 1),
+    Kind("revoke_token", "revoke every Salesforce token", 2, 1),
+    Kind("unknown_client", "CometD 403::Unknown client", 2, 1, "cometd.connect", "unknown_client"),
+    Kind("lost_batch", "CometD lost batch", 2, 1, "cometd.connect", "lost_batch"),
+    Kind("duplicate", "CometD duplicate delivery", 2, 1, "cometd.connect", "duplicate"),
+    Kind("add_503", "WHMCS AddOrder 503", 3, 1, "whmcs.AddOrder", "status", {"status": 503}),
+    Kind("add_timeout", "WHMCS AddOrder timeout", 2, 1, "whmcs.AddOrder", "hang"),
+    Kind(
+        "add_commit_timeout",
+        "WHMCS AddOrder commit-then-timeout",
+        3,
+        1,
+        "whmcs.AddOrder",
+        "commit_then_hang",
+    ),
+    Kind(
+        "accept_503", "WHMCS AcceptOrder 503", 2, 1, "whmcs.AcceptOrder", "status", {"status": 503}
+    ),
+    Kind("accept_timeout", "WHMCS AcceptOrder timeout", 2, 1, "whmcs.AcceptOrder", "hang"),
+    Kind(
+        "accept_commit_timeout",
+        "WHMCS AcceptOrder commit-then-timeout",
+        2,
+        1,
+        "whmcs.AcceptOrder",
+        "commit_then_hang",
+    ),
+)
+BY_KEY = {kind.key: kind for kind in KINDS}
+# Faults strike within this part of the load phase, so that the last orders, the reaper and the
+# unknown-outcome window all finish before the checks.
+EARLIEST, LATEST = 0.08, 0.7
+
+
+@dataclass(frozen=True)
+class Planned:
+    at: float  # seconds after the load phase started
+    kind: str
+
+
+def plan(seed: int, duration: float, quick: bool) -> list[Planned]:
+    """When each fault strikes, in order."""
+    rng = random.Random(seed)
+    planned = [
+        Planned(round(rng.uniform(EARLIEST * duration, LATEST * duration), 2), kind.key)
+        for kind in KINDS
+        for _ in range(kind.quick if quick else kind.full)
+    ]
+    return sorted(planned, key=lambda p: (p.at, p.kind))
