@@ -79,7 +79,7 @@ class Row:
             "reference_value": None
             if self.reference_value is None
             else _round(self.reference_value),
-            "ratio": None if ratio is None else round(ratio, 3),
+            "ratio": None if ratio is None else round(ratio, 4),
             "target": None if self.target is None else self.target.text(self.unit),
             "met": self.met,
         }

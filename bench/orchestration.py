@@ -67,8 +67,21 @@ def measure(run: Run) -> Measurement:
     result.params = {"orders_per_class": count, "latency_ms_per_call": LATENCY * 1000}
     calls = {cls: c for cls, (_, c) in batches.items()}
     steps = {cls: rig.step_medians(ids) for cls, ids in run.shared.pop("measured_orders").items()}
-    result.notes = _notes(per_class, calls, steps)
+    result.notes = [*_notes(per_class, calls, steps), _against_floor(result.rows)]
     return result
+
+
+def _against_floor(rows: list[Row]) -> str:
+    fork, simple, floor = rows[0], rows[1], rows[2]
+    allowed = TARGET.limit * (floor.reference_value or 0.0)
+    return (
+        f"Bare calls on warm connections already take {floor.ratio:.2f}x their latency here "
+        f"(TLS, HTTP and the Python emulators), so the {TARGET.limit:g}x target leaves "
+        f"{allowed - floor.value:.0f} ms per order for everything else. Beyond that floor the "
+        f"job spends {simple.value - floor.value:.0f} ms with SimpleWorker and "
+        f"{fork.value - floor.value:.0f} ms with the fork Worker; the step breakdowns above "
+        "show where (with fork, mostly the first call to each backend: a new connection)."
+    )
 
 
 def _orders(rig: Rig, worker_class: str, count: int) -> tuple[list[Order], dict[str, float]]:

@@ -1,0 +1,325 @@
+"""`python -m bench.chaos [--quick] [--seed N]`: orders through kills, restarts and faults, checked.
+
+Real processes (one subscriber, several workers, under a supervisor that restarts what dies)
+against the sandbox, a private Redis with append-only persistence and a fresh PostgreSQL database.
+While the orders are approved, a seeded schedule kills, restarts, revokes and injects faults. After
+the abandoned-job window the run checks the promise, retries every Failed order with the faults
+cleared, checks again, and prints the fault table. Exit 0 only when every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import chaos_check, chaos_report, chaos_state
+from bench.chaos_faults import BY_KEY, plan
+from bench.chaos_inject import FireLog, Injection, Injector, Timeline
+from bench.chaos_rig import Rig, Tuning
+from bench.results import RESULTS_DIR
+from shared import keys
+from shared.queueing import provisioning_queue
+from worker.orchestrator import UNKNOWN_CREATE_MARGIN
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+QUEUE = "provisioning"
+RETRY_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Size:
+    orders: int
+    clients: int
+    workers: int
+    load_seconds: float
+    settle_timeout: float
+    quick: bool = False
+
+
+FULL = Size(orders=300, clients=12, workers=3, load_seconds=75, settle_timeout=180)
+QUICK = Size(orders=50, clients=4, workers=2, load_seconds=30, settle_timeout=90, quick=True)
+
+
+class Clock:
+    """Seconds since the run started (monotonic)."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.origin
+
+
+def say(text: str) -> None:
+    print(f"chaos: {text}", file=sys.stderr, flush=True)
+
+
+class TokenLog:
+    """Every access token the sandbox mints, so the logs can be searched for them."""
+
+    def __init__(self, tokens: Any) -> None:
+        self._mint = tokens.mint
+        self.minted: list[str] = []
+        tokens.mint = self._minted
+
+    def _minted(self) -> str:
+        token = self._mint()
+        self.minted.append(token)
+        return token
+
+
+class Chaos:
+    def __init__(self, rig: Rig, size: Size, seed: int, clock: Clock, command: str) -> None:
+        self.rig = rig
+        self.size = size
+        self.seed = seed
+        self.clock = clock
+        self.timeline = Timeline()
+        self.fires = FireLog(rig.sandbox.faults, clock)
+        self.tokens = TokenLog(rig.sandbox.salesforce.tokens)
+        tuning = rig.tuning
+        self.injector = Injector(
+            rig.supervisor,
+            rig.redis,
+            rig.sandbox,
+            clock,
+            random.Random(seed + 1),
+            hang_seconds=tuning.whmcs_write_timeout + 3,
+        )
+        self.info = chaos_report.RunInfo(
+            command=command,
+            seed=seed,
+            orders=size.orders,
+            workers=size.workers,
+            clients=size.clients,
+            load_seconds=size.load_seconds,
+            settings={k: v for k, v in tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
+        )
+        self.approved: list[str] = []
+
+    # --- the run ---
+
+    def run(self) -> tuple[str, bool]:
+        order_ids = self.rig.load(self.size.orders, self.size.clients)
+        self.rig.start_services(self.size.workers)
+        if not self.rig.wait_subscribed():
+            raise RuntimeError("the subscriber did not connect within 60 s")
+        self._phase("load", lambda: self._load(order_ids))
+        self._phase("settle", self._settle_after_faults)
+        first = self._world()
+        self._phase("retry", lambda: self._retry(first))
+        final = self._world()
+        checks = {
+            "After the faults": chaos_check.after_faults(first),
+            "After Provision / Retry of every Failed order": [
+                *chaos_check.after_retry(final),
+                self._secrets_check(),
+            ],
+        }
+        rows = self._fault_rows(first, final)
+        for line in chaos_report.summary_lines(checks):
+            say(line)
+        text = chaos_report.markdown(self.info, rows, checks, self.rig.supervisor.restarts)
+        return text, chaos_report.all_passed(*checks.values())
+
+    def _phase(self, name: str, body: Any) -> None:
+        started = self.clock()
+        say(f"{name} phase")
+        body()
+        self.info.seconds[name] = self.clock() - started
+
+    def _load(self, order_ids: Sequence[str]) -> None:
+        schedule = plan(self.seed, self.size.load_seconds, self.size.quick)
+        start = self.clock()
+        striker = threading.Thread(target=self._strike, args=(schedule, start), daemon=True)
+        striker.start()
+        interval = self.size.load_seconds / len(order_ids)
+        for n, order_id in enumerate(order_ids):
+            _sleep_until(self.clock, start + n * interval)
+            self.rig.admin.approve(order_id)
+            self.timeline.add(self.clock(), order_id)
+            self.approved.append(order_id)
+        striker.join()
+        self.injector.wait_for_recoveries()
+
+    def _strike(self, schedule: Sequence[Any], start: float) -> None:
+        for planned in schedule:
+            _sleep_until(self.clock, start + planned.at)
+            injection = self.injector.inject(planned.kind)
+            say(f"t={injection.at:5.1f}s {BY_KEY[planned.kind].label}: {injection.detail}")
+
+    def _settle_after_faults(self) -> None:
+        kills = [i.at for i in self.injector.injections if i.kind == "kill_worker"]
+        if kills:
+            _sleep_until(self.clock, max(kills) + self.rig.tuning.abandoned_window)
+        if not self._settle(self.size.settle_timeout):
+            self.info.notes.append(
+                f"Not settled within {self.size.settle_timeout:g} s after the load phase."
+            )
+
+    def _settle(self, timeout: float) -> bool:
+        """Wait until no approved order is Activating and no job is queued or running."""
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            if self._quiet():
+                return True
+            time.sleep(1.0)
+        return self._quiet()
+
+    def _quiet(self) -> bool:
+        statuses = {o["Id"]: o.get("Activation_Status__c") for o in self.rig.admin.orders()}
+        if any(statuses.get(o) == "Activating" for o in self.approved):
+            return False
+        conn = self.rig.conn()
+        try:
+            queue = provisioning_queue(conn, QUEUE, 60)
+            return queue.count == 0 and conn.hlen(keys.INFLIGHT) == 0
+        except Exception:  # Redis not back yet: not quiet
+            return False
+        finally:
+            conn.close()
+
+    def _retry(self, first: chaos_check.World) -> None:
+        self.rig.sandbox.faults.clear()
+        self._wait_out_unknown_creates()
+        for round_ in range(1, RETRY_ROUNDS + 1):
+            failed = [o for o in self.approved if self._status(o) == "Failed"]
+            if not failed:
+                break
+            say(f"retry round {round_}: Provision / Retry of {len(failed)} Failed orders")
+            for order_id in failed:
+                self.rig.admin.retry(order_id)
+            self.info.retry_rounds, self.info.retried = round_, self.info.retried + len(failed)
+            self._settle(self.size.settle_timeout)
+        failed_first = sum(1 for o in self.approved if first.status(o) == "Failed")
+        say(f"retried {failed_first} orders in {self.info.retry_rounds} round(s)")
+
+    def _wait_out_unknown_creates(self) -> None:
+        """An AddOrder with no known outcome blocks a new one for write timeout + margin (the
+        worker's guard against ordering twice): retry after it, as the error message says."""
+        fired = [
+            self.fires.when(i.fault)
+            for i in self.injector.injections
+            if i.kind.startswith("add_") and i.fault is not None
+        ]
+        fired = [t for t in fired if t is not None]
+        if fired:
+            window = self.rig.tuning.whmcs_write_timeout + UNKNOWN_CREATE_MARGIN.total_seconds()
+            _sleep_until(self.clock, max(fired) + window + 2.0)
+
+    def _status(self, order_id: str) -> str:
+        return str(self.rig.admin.order(order_id).get("Activation_Status__c") or "")
+
+    # --- reading the outcome ---
+
+    def _world(self) -> chaos_check.World:
+        conn = self.rig.conn()
+        try:
+            return chaos_state.gather(self.rig.admin, conn, self.rig.database.engine, self.approved)
+        finally:
+            conn.close()
+
+    def _secrets_check(self) -> chaos_check.Check:
+        env = self.rig.env()
+        secrets = {
+            "WHMCS identifier": env["WHMCS_API_IDENTIFIER"],
+            "WHMCS secret": env["WHMCS_API_SECRET"],
+            "Redis password": self.rig.redis.password,
+            **{f"Salesforce token #{n}": t for n, t in enumerate(self.tokens.minted, 1)},
+        }
+        logs = self.rig.logs()
+        found = chaos_state.secrets_in_logs(logs, secrets)
+        return chaos_check.Check(
+            "no secret or token in any log line",
+            not found,
+            f"{len(logs)} service logs searched for {len(secrets)} secrets and tokens"
+            if not found
+            else f"found: {', '.join(found[:5])}",
+            tuple(found),
+        )
+
+    def _fault_rows(
+        self, first: chaos_check.World, final: chaos_check.World
+    ) -> list[chaos_report.FaultRow]:
+        whmcs_hits = chaos_state.whmcs_fault_hits(self.rig.admin)
+        duplicates = chaos_state.duplicate_deliveries(self.rig.logs())
+
+        def orders_hit(injection: Injection) -> set[str]:
+            fired = self.fires.when(injection.fault) if injection.fault is not None else None
+            return chaos_report.hits(
+                injection, fired, self.timeline.between, whmcs_hits, duplicates
+            )
+
+        return chaos_report.fault_rows(
+            self.injector.injections,
+            lambda i: self.fires.when(i.fault) if i.fault is not None else None,
+            orders_hit,
+            first,
+            final,
+        )
+
+
+def _sleep_until(clock: Clock, moment: float) -> None:
+    delay = moment - clock()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    size = QUICK if args.quick else FULL
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    command = "python -m bench.chaos" + (" --quick" if args.quick else "")
+    say(f"seed {seed} (reproduce the schedule with --seed {seed})")
+    work_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    clock = Clock()
+    rig = Rig(work_dir, args.database_url, Tuning(), clock)
+    try:
+        text, passed = Chaos(rig, size, seed, clock, command).run()
+    finally:
+        rig.close()
+    print(text)
+    path = _write(text, args.out, args.quick)
+    say(f"wrote {path}")
+    if passed and not args.keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    else:
+        say(f"logs kept in {work_dir / 'logs'}")
+    return 0 if passed else 1
+
+
+def _write(text: str, out: Path, quick: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ("chaos-quick-latest.md" if quick else "chaos-latest.md")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="50 orders, fewer faults: for CI")
+    parser.add_argument("--seed", type=int, help="the fault schedule's seed (default: random)")
+    parser.add_argument(
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="PostgreSQL server on which the run creates (and drops) its own database "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the table is written")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

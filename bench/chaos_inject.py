@@ -1,0 +1,205 @@
+"""Striking the faults, and noting for each what it may have hit.
+
+Process faults (kills, the Redis restart, the token revocation) act at once; the injector notes
+the orders in flight at that moment and, for the ones that stop the stream, the window until the
+subscriber has a successful /meta/connect again: orders approved in it waited for the recovery.
+Emulator faults (CometD, WHMCS) are queued in the sandbox's FaultBook and strike the next call;
+`FireLog` notes when each one fired.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from bench.chaos_faults import BY_KEY, Kind
+from bench.chaos_procs import RedisServer, Supervisor
+from shared import keys
+from shared.config import DEFAULT_CHANNEL
+from shared.connections import redis_client
+from worker import lease as leases
+
+RECOVERY_TIMEOUT = 90.0
+REDIS_DOWN_FOR = 3.0  # seconds Redis stays down: long enough for every process to notice
+STREAM_FRESH = 2.0  # a successful /meta/connect this recent: events are flowing
+
+
+@dataclass
+class Injection:
+    kind: str
+    at: float  # seconds since the run started
+    detail: str = ""
+    hit: set[str] = field(default_factory=set)  # orders known to be in its way
+    window: list[float] = field(default_factory=list)  # [start, end]: approvals in it waited
+    fault: Any = None  # the sandbox's Fault, for emulator faults
+
+
+class Timeline:
+    """When each order was approved (its event published), in run seconds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.approvals: list[tuple[float, str]] = []
+
+    def add(self, at: float, order_id: str) -> None:
+        with self._lock:
+            self.approvals.append((at, order_id))
+
+    def between(self, start: float, end: float) -> set[str]:
+        with self._lock:
+            return {order for at, order in self.approvals if start <= at <= end}
+
+
+class FireLog:
+    """Wraps the FaultBook's `take` to note when each emulator fault first fired."""
+
+    def __init__(self, faults: Any, clock: Callable[[], float]) -> None:
+        self._take = faults.take
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.fired_at: dict[int, float] = {}
+        faults.take = self._taken
+
+    def _taken(self, target: str) -> Any:
+        fault = self._take(target)
+        if fault is not None:
+            with self._lock:
+                self.fired_at.setdefault(id(fault), self._clock())
+        return fault
+
+    def when(self, fault: Any) -> float | None:
+        with self._lock:
+            return self.fired_at.get(id(fault))
+
+
+class Injector:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        redis_server: RedisServer,
+        sandbox: Any,
+        clock: Callable[[], float],
+        rng: random.Random,
+        hang_seconds: float,
+    ) -> None:
+        self.supervisor = supervisor
+        self.redis_server = redis_server
+        self.sandbox = sandbox
+        self.clock = clock
+        self.rng = rng
+        self.hang_seconds = hang_seconds
+        self.injections: list[Injection] = []
+        self._watchers: list[threading.Thread] = []
+
+    def inject(self, key: str) -> Injection:
+        kind = BY_KEY[key]
+        injection = Injection(key, self.clock())
+        if kind.emulated:
+            self._emulated(kind, injection)
+        else:
+            getattr(self, f"_{key}")(injection)
+        self.injections.append(injection)
+        return injection
+
+    def wait_for_recoveries(self) -> None:
+        for watcher in self._watchers:
+            watcher.join(timeout=RECOVERY_TIMEOUT)
+
+    # --- the kinds ---
+
+    def _emulated(self, kind: Kind, injection: Injection) -> None:
+        if kind.target.startswith("cometd."):
+            # A stream fault only means something while events flow: not while the subscriber
+            # is away (after a kill it waits out the old leader lock).
+            _wait_for_stream(self.redis_server.url)
+            injection.at = self.clock()
+        params = dict(kind.params)
+        if kind.fault in ("hang", "commit_then_hang"):
+            params["seconds"] = self.hang_seconds
+        injection.fault = self.sandbox.faults.add(kind.target, kind.fault, 1, **params)
+        injection.detail = f"{kind.target} {kind.fault}"
+
+    def _kill_worker(self, injection: Injection) -> None:
+        workers = self.supervisor.named("chaos-w")
+        inflight = _inflight(self.redis_server.url)
+        busy = [w for w in workers if w.current_name in inflight.values()]
+        victim = self.rng.choice(busy or workers)
+        injection.hit = {o for o, name in inflight.items() if name == victim.current_name}
+        injection.detail = f"{victim.current_name} (pid {victim.pid})"
+        self.supervisor.kill9(victim)
+
+    def _kill_subscriber(self, injection: Injection) -> None:
+        subscriber = self.supervisor.named("chaos-subscriber")[0]
+        injection.detail = f"{subscriber.current_name} (pid {subscriber.pid})"
+        since = time.time()
+        self.supervisor.kill9(subscriber)
+        self._until_reconnected(injection, since)
+
+    def _restart_redis(self, injection: Injection) -> None:
+        injection.hit = set(_inflight(self.redis_server.url))
+        self.redis_server.restart(REDIS_DOWN_FOR)
+        injection.detail = f"SIGTERM, down {REDIS_DOWN_FOR:g} s, started again"
+        self._until_reconnected(injection, time.time())
+
+    def _revoke_token(self, injection: Injection) -> None:
+        injection.hit = set(_inflight(self.redis_server.url))
+        self.sandbox.salesforce.tokens.revoke_all()
+        injection.detail = "every issued access token answers 401"
+        self._until_reconnected(injection, time.time())
+
+    def _until_reconnected(self, injection: Injection, since_epoch: float) -> None:
+        """Fill in the injection's window once the subscriber connects again (in a thread)."""
+        injection.window = [injection.at, injection.at]
+        url = self.redis_server.url
+
+        def watch() -> None:
+            deadline = time.monotonic() + RECOVERY_TIMEOUT
+            while time.monotonic() < deadline:
+                if _last_connect(url) > since_epoch:
+                    break
+                time.sleep(0.1)
+            injection.window[1] = self.clock()
+
+        watcher = threading.Thread(target=watch, name=f"recovery-{injection.kind}", daemon=True)
+        watcher.start()
+        self._watchers.append(watcher)
+
+
+def _inflight(url: str) -> dict[str, str]:
+    """Order id -> the worker holding it, from prov:inflight (empty if Redis is away)."""
+    conn = redis_client(url, socket_timeout=2.0)
+    try:
+        entries = leases.entries(conn)
+    except redis.RedisError:
+        return {}
+    finally:
+        conn.close()
+    found = {}
+    for order_id, raw in entries.items():
+        entry = leases.InflightEntry.loads(raw)
+        if entry is not None:
+            found[order_id] = entry.worker
+    return found
+
+
+def _wait_for_stream(url: str) -> None:
+    deadline = time.monotonic() + RECOVERY_TIMEOUT
+    while time.monotonic() < deadline and time.time() - _last_connect(url) > STREAM_FRESH:
+        time.sleep(0.1)
+
+
+def _last_connect(url: str) -> float:
+    conn = redis_client(url, socket_timeout=1.0)
+    try:
+        raw = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "last_connect_at")
+        return float(raw) if raw else 0.0
+    except (redis.RedisError, ValueError):
+        return 0.0
+    finally:
+        conn.close()

@@ -1,0 +1,178 @@
+"""The chaos run's report: which orders each fault hit and what became of them, and the checks.
+
+Pure functions over what the run recorded; `markdown()` is what `make chaos` prints and writes to
+bench/results/chaos-latest.md.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.chaos_check import Check, World, outcome
+from bench.chaos_faults import BY_KEY, KINDS
+from bench.chaos_inject import Injection
+from bench.chaos_procs import Restart
+
+# CometD faults strike a connect; orders approved around it rode on the faulted exchange or on
+# the re-handshake after it.
+STREAM_WINDOW = (-0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class FaultRow:
+    label: str
+    injected: int
+    fired: int
+    hit: frozenset[str]
+    then: str  # outcomes of the orders hit, after the faults
+    after_retry: str
+
+
+@dataclass
+class RunInfo:
+    command: str
+    seed: int
+    orders: int
+    workers: int
+    clients: int
+    load_seconds: float
+    settings: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> duration
+    retry_rounds: int = 0
+    retried: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def hits(
+    injection: Injection,
+    fired_at: float | None,
+    between: Callable[[float, float], set[str]],
+    whmcs_hits: Mapping[tuple[str, str], set[str]],
+    duplicates: set[str],
+) -> set[str]:
+    """The orders a fault hit: exact for WHMCS faults, kills and revocations (in flight at the
+    moment), by time window for the stream (approved while the subscriber was away)."""
+    kind = BY_KEY[injection.kind]
+    if kind.target.startswith("whmcs."):
+        return set(whmcs_hits.get((kind.target.split(".", 1)[1], kind.fault), set()))
+    found = set(injection.hit)
+    if injection.window:
+        found |= between(injection.window[0], injection.window[1])
+    if kind.target.startswith("cometd.") and fired_at is not None:
+        found |= between(fired_at + STREAM_WINDOW[0], fired_at + STREAM_WINDOW[1])
+    if kind.fault == "duplicate":
+        found |= duplicates
+    return found
+
+
+def fault_rows(
+    injections: Sequence[Injection],
+    fired: Callable[[Injection], float | None],
+    orders_hit: Callable[[Injection], set[str]],
+    after_faults: World,
+    after_retry: World,
+) -> list[FaultRow]:
+    rows = []
+    for kind in KINDS:
+        mine = [i for i in injections if i.kind == kind.key]
+        if not mine:
+            continue
+        hit: set[str] = set().union(*(orders_hit(i) for i in mine))
+        took = sum(1 for i in mine if not kind.emulated or fired(i) is not None)
+        rows.append(
+            FaultRow(
+                kind.label,
+                len(mine),
+                took,
+                frozenset(hit),
+                summarise(after_faults, hit),
+                summarise(after_retry, {o for o in hit if after_faults.status(o) == "Failed"}),
+            )
+        )
+    return rows
+
+
+def summarise(world: World, orders: Iterable[str]) -> str:
+    counts = Counter(outcome(world, o) for o in orders)
+    if not counts:
+        return "-"
+    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def all_passed(*groups: Iterable[Check]) -> bool:
+    return all(check.ok for group in groups for check in group)
+
+
+def markdown(
+    info: RunInfo,
+    rows: Sequence[FaultRow],
+    checks: Mapping[str, Sequence[Check]],
+    restarts: Sequence[Restart],
+) -> str:
+    verdict = "PASS" if all_passed(*checks.values()) else "FAIL"
+    parts = [
+        f"## Chaos run: {verdict}",
+        "",
+        f"`{info.command}` with seed {info.seed}: {info.orders} orders for {info.clients} "
+        f"WHMCS clients approved over {info.load_seconds:g} s, {info.workers} workers, "
+        f"1 subscriber. Phases: "
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in info.seconds.items())
+        + ".",
+        "",
+        "Settings: " + ", ".join(f"`{k}={v}`" for k, v in info.settings.items()) + ".",
+        "",
+        *_fault_table(rows),
+        "",
+        *_restart_lines(restarts),
+    ]
+    for title, group in checks.items():
+        parts += ["", f"### {title}", "", "| check | result | detail |", "|---|---|---|"]
+        parts += [f"| {c.name} | {'ok' if c.ok else 'FAILED'} | {c.detail} |" for c in group]
+    if info.notes:
+        parts += ["", *[f"- {note}" for note in info.notes]]
+    return "\n".join(parts) + "\n"
+
+
+def _fault_table(rows: Sequence[FaultRow]) -> list[str]:
+    lines = [
+        "| fault | injected | took effect | orders hit | then | after retry |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.label} | {r.injected} | {r.fired} | {len(r.hit)} | {r.then} | {r.after_retry} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "Orders hit: WHMCS faults, the calls they struck; kills, the Redis restart and the token "
+        "revocation, the orders in flight at that moment plus those approved until the "
+        "subscriber's next successful connect; CometD faults, the orders approved from 0.5 s "
+        "before to 2 s after the fault fired (and, for duplicates, every event the subscriber "
+        "logged as received twice). An order can be hit by several faults. "
+        '"after retry": the Failed ones among them after Provision / Retry.',
+    ]
+    return lines
+
+
+def _restart_lines(restarts: Sequence[Restart]) -> list[str]:
+    causes = Counter(r.cause for r in restarts)
+    if not causes:
+        return ["The supervisor restarted nothing."]
+    listed = ", ".join(f"{n}x {cause}" for cause, n in sorted(causes.items()))
+    return [f"The supervisor restarted services {len(restarts)} times: {listed}."]
+
+
+def summary_lines(checks: Mapping[str, Sequence[Check]]) -> list[str]:
+    """One line per check for the terminal."""
+    return [
+        f"{'ok    ' if c.ok else 'FAILED'} {title}: {c.name}: {c.detail}"
+        for title, group in checks.items()
+        for c in group
+    ]
+
+
+def as_dict(rows: Sequence[FaultRow]) -> list[dict[str, Any]]:
+    return [{**vars(r), "hit": sorted(r.hit)} for r in rows]

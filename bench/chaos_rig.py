@@ -1,0 +1,181 @@
+"""What the chaos run stands on: a private Redis and database, the sandbox, the services."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.chaos_procs import RedisServer, Service, Supervisor, python_module
+from sandbox.app import Sandbox
+from sandbox.client import SandboxAdmin
+from sandbox.fixtures import standard_document, whmcs_client
+from shared import db, keys
+from shared.config import DEFAULT_CHANNEL
+from shared.connections import database_engine, redis_client
+from worker.reaper import detection_bound
+
+COMETD_TIMEOUT = 10.0  # seconds the sandbox holds a long-poll (Salesforce: 110)
+LOAD_BATCH = 100  # orders per fixture load
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Service settings for the run: short timeouts, so faults resolve within minutes."""
+
+    order_lock_ttl: int = 6
+    whmcs_write_timeout: float = 2.0
+    whmcs_read_timeout: float = 5.0
+    sf_timeout: float = 5.0
+    job_timeout: int = 120
+
+    def env(self) -> dict[str, str]:
+        return {
+            "ORDER_LOCK_TTL": str(self.order_lock_ttl),
+            "WHMCS_WRITE_TIMEOUT": f"{self.whmcs_write_timeout:g}",
+            "WHMCS_READ_TIMEOUT": f"{self.whmcs_read_timeout:g}",
+            "SF_TIMEOUT": f"{self.sf_timeout:g}",
+            "JOB_TIMEOUT": str(self.job_timeout),
+            "HTTP_CONNECT_TIMEOUT": "3",
+        }
+
+    @property
+    def abandoned_window(self) -> float:
+        """From a worker's death to its order being Failed (the reaper's bound), plus a margin."""
+        return detection_bound(self.order_lock_ttl) + 3.0
+
+
+class Database:
+    """A fresh PostgreSQL database `chaos_<hex>` on the given server, dropped at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.name = f"chaos_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        finally:
+            admin.dispose()
+        url = make_url(server_url).set(database=self.name)
+        self.url = url.render_as_string(hide_password=False)
+        self.engine: Engine = database_engine(self.url)
+        db.upgrade(self.engine)
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        admin = create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
+
+def fixture(orders: int, clients: int) -> tuple[dict[str, Any], list[str]]:
+    """Products and `clients` customers (each a WHMCS client with a card), and `orders` Draft
+    orders spread over them; every fifth has a second line. Returns the document and the refs."""
+    document = standard_document(0)
+    salesforce, whmcs = document["salesforce"], document["whmcs"]
+    salesforce["accounts"] = [
+        {"ref": f"acct{i}", "Name": f"Customer {i}", "WHMCS_Client_ID__c": str(i)}
+        for i in range(1, clients + 1)
+    ]
+    whmcs["clients"] = [whmcs_client(i, email=f"c{i}@example.com") for i in range(1, clients + 1)]
+    refs = [f"o{n}" for n in range(1, orders + 1)]
+    salesforce["orders"] = [_order(ref, n % clients + 1, n % 5 == 0) for n, ref in enumerate(refs)]
+    return document, refs
+
+
+def _order(ref: str, client: int, two_lines: bool) -> dict[str, Any]:
+    items = [{"product": "fibre100", "Quantity": 1, "UnitPrice": 50.0}]
+    if two_lines:
+        items.append({"product": "static-ip", "Quantity": 1, "UnitPrice": 50.0})
+    return {"ref": ref, "account": f"acct{client}", "Status": "Draft", "items": items}
+
+
+class Rig:
+    def __init__(self, work_dir: Path, database_url: str, tuning: Tuning, clock: Any) -> None:
+        self.work_dir = work_dir
+        self.tuning = tuning
+        self.clock = clock
+        self.closers: list[Any] = []
+        self.redis = RedisServer(work_dir / "redis", secrets.token_urlsafe(18))
+        self.redis.start()
+        self.closers.append(self.redis.stop)
+        self.database = Database(database_url)
+        self.closers.append(self.database.drop)
+        self.sandbox = Sandbox.start(work_dir / "sandbox", cometd_timeout=COMETD_TIMEOUT)
+        self.closers.append(self.sandbox.stop)
+        self.admin = SandboxAdmin(self.sandbox.admin_url)
+        self.supervisor = Supervisor(clock)
+        self.closers.append(self.supervisor.stop_all)
+        (work_dir / "logs").mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        while self.closers:
+            self.closers.pop()()
+
+    def conn(self) -> Any:
+        return redis_client(self.redis.url)
+
+    def load(self, orders: int, clients: int) -> list[str]:
+        document, refs = fixture(orders, clients)
+        order_docs = document["salesforce"].pop("orders")
+        ids = dict(self.admin.load(document)["refs"])
+        for start in range(0, len(order_docs), LOAD_BATCH):
+            batch = {"salesforce": {"orders": order_docs[start : start + LOAD_BATCH]}}
+            ids.update(self.admin.load(batch)["refs"])
+        return [ids[ref] for ref in refs]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.sandbox.env,
+            **self.tuning.env(),
+            "APP_ENV": "chaos",
+            "LOG_LEVEL": "INFO",
+            "REDIS_URL": self.redis.url,
+            "DATABASE_URL": self.database.url,
+            "SF_EVENTS_ENABLED": "true",
+            "SF_EVENTS_REPLAY": "LATEST",
+        }
+
+    def start_services(self, workers: int) -> None:
+        env, logs = self.env(), self.work_dir / "logs"
+        for n in range(1, workers + 1):
+            name = f"chaos-w{n}"
+            self.supervisor.add(Service(name, _worker_argv(name), env, logs, os.environ))
+        self.supervisor.add(
+            Service(
+                "chaos-subscriber", lambda _g: python_module("subscriber"), env, logs, os.environ
+            )
+        )
+        self.supervisor.start()
+
+    def wait_subscribed(self, timeout: float = 60.0) -> bool:
+        """LATEST from no stored id starts at the tip: approve nothing before it is connected."""
+        conn = self.conn()
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                raw = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state")
+                if raw == b"connected":
+                    return True
+                time.sleep(0.1)
+            return False
+        finally:
+            conn.close()
+
+    def logs(self) -> list[Path]:
+        return [path for service in self.supervisor.services for path in service.logs]
+
+
+def _worker_argv(name: str) -> Any:
+    return lambda generation: python_module("worker", "--name", f"{name}-g{generation}")
