@@ -10,6 +10,7 @@ cleared, checks again, and prints the fault table. Exit 0 only when every check 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import sys
@@ -205,16 +206,17 @@ class Chaos:
 
     def _wait_out_unknown_creates(self) -> None:
         """An AddOrder with no known outcome blocks a new one for write timeout + margin (the
-        worker's guard against ordering twice): retry after it, as the error message says."""
-        fired = [
-            self.fires.when(i.fault)
+        worker's guard against ordering twice): retry after it, as the error message says. Kills
+        and the Redis restart can leave such an AddOrder too."""
+        moments = [
+            self.fires.when(i.fault) if i.fault is not None else i.at
             for i in self.injector.injections
-            if i.kind.startswith("add_") and i.fault is not None
+            if i.kind.startswith("add_") or i.kind in ("kill_worker", "restart_redis")
         ]
-        fired = [t for t in fired if t is not None]
-        if fired:
+        moments = [t for t in moments if t is not None]
+        if moments:
             window = self.rig.tuning.whmcs_write_timeout + UNKNOWN_CREATE_MARGIN.total_seconds()
-            _sleep_until(self.clock, max(fired) + window + 2.0)
+            _sleep_until(self.clock, max(moments) + window + 2.0)
 
     def _status(self, order_id: str) -> str:
         return str(self.rig.admin.order(order_id).get("Activation_Status__c") or "")
@@ -229,6 +231,7 @@ class Chaos:
             conn.close()
 
     def _secrets_check(self) -> chaos_check.Check:
+        """Every service log line and every field written to Salesforce, searched verbatim."""
         env = self.rig.env()
         secrets = {
             "WHMCS identifier": env["WHMCS_API_IDENTIFIER"],
@@ -236,12 +239,15 @@ class Chaos:
             "Redis password": self.rig.redis.password,
             **{f"Salesforce token #{n}": t for n, t in enumerate(self.tokens.minted, 1)},
         }
-        logs = self.rig.logs()
-        found = chaos_state.secrets_in_logs(logs, secrets)
+        patches = self.rig.work_dir / "salesforce-patches.json"
+        patches.write_text(json.dumps(self.rig.admin.patches()))
+        searched = [*self.rig.logs(), patches]
+        found = chaos_state.secrets_in_logs(searched, secrets)
         return chaos_check.Check(
-            "no secret or token in any log line",
+            "no secret or token in any log line or Salesforce field",
             not found,
-            f"{len(logs)} service logs searched for {len(secrets)} secrets and tokens"
+            f"{len(searched) - 1} service logs and {len(self.rig.admin.patches())} Salesforce "
+            f"updates searched for {len(secrets)} secrets and tokens"
             if not found
             else f"found: {', '.join(found[:5])}",
             tuple(found),

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from bench.chaos_faults import BY_KEY, Kind
-from bench.chaos_procs import RedisServer, Supervisor
+from bench.chaos_procs import RedisServer, Service, Supervisor
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import redis_client
@@ -126,13 +126,22 @@ class Injector:
         injection.detail = f"{kind.target} {kind.fault}"
 
     def _kill_worker(self, injection: Injection) -> None:
-        workers = self.supervisor.named("chaos-w")
+        workers = self._alive_workers()
         inflight = _inflight(self.redis_server.url)
         busy = [w for w in workers if w.current_name in inflight.values()]
         victim = self.rng.choice(busy or workers)
         injection.hit = {o for o, name in inflight.items() if name == victim.current_name}
         injection.detail = f"{victim.current_name} (pid {victim.pid})"
         self.supervisor.kill9(victim)
+
+    def _alive_workers(self) -> list[Service]:
+        """The running workers (one killed a moment ago may not be back yet)."""
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while True:
+            alive = [w for w in self.supervisor.named("chaos-w") if w.alive()]
+            if alive or time.monotonic() > deadline:
+                return alive or self.supervisor.named("chaos-w")
+            time.sleep(0.1)
 
     def _kill_subscriber(self, injection: Injection) -> None:
         subscriber = self.supervisor.named("chaos-subscriber")[0]

@@ -8,8 +8,8 @@ from typing import Any
 from bench.harness import Measurement, Row, Target
 from bench.workers import fork_overhead_ms
 
-# The fork Worker stays the default while one order through it takes at most this much longer
-# than through SimpleWorker: within it, isolation per order is worth the price.
+# The fork Worker would be worth being the default while one order through it takes at most
+# this much longer than through SimpleWorker: within it, isolation per order is worth the price.
 FORK_LIMIT = Target(1.10)
 
 
@@ -57,14 +57,15 @@ def advice(
     measured = "; ".join(facts) + "."
     if row.met:
         return (
-            f"Recommendation: keep the fork Worker (rq's default) as our default. Measured: "
-            f"{measured} That is within {FORK_LIMIT.limit:g}x, and for it every order runs in "
-            "a fresh process with fresh connections: a leak, a crash in native code or a "
+            f"Recommendation: make the fork Worker (`--worker-class fork`) the default again. "
+            f"Measured: {measured} That is within {FORK_LIMIT.limit:g}x, and for it every order "
+            "runs in a fresh process with fresh connections: a leak, a crash in native code or a "
             "stale kept-alive connection cannot reach the next order."
         )
     return (
-        f"Recommendation: make SimpleWorker (`python -m worker --worker-class simple`) the "
-        f"default. Measured: {measured} The rest of the fork's price is per-order reconnection: "
+        f"Recommendation: keep SimpleWorker as the default (`python -m worker`; "
+        f"`--worker-class fork` for the fork Worker). Measured: {measured} The rest of the "
+        "fork's price is per-order reconnection: "
         "a work horse cannot inherit sockets, so each order opens new TLS connections to "
         "Salesforce and WHMCS and new Redis and database connections (see the step "
         "breakdown in 3); over a WAN each TLS handshake costs extra round trips, so the gap "

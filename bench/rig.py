@@ -211,7 +211,7 @@ class Rig:
             raise BenchError(f"the subscriber did not connect; log tail:\n{proc.tail()}")
         return proc
 
-    def start_workers(self, count: int, worker_class: str = "fork") -> list[Proc]:
+    def start_workers(self, count: int, worker_class: str = "simple") -> list[Proc]:
         """`count` idle `python -m worker` processes, registered with RQ, waiting for jobs."""
         before = Worker.count(connection=self.conn, queue=self.queue)
         procs = [

@@ -1,6 +1,6 @@
 """The RQ entry point: bind the log context, build the clients, run the orchestrator.
 
-Clients are built here, never at import time: RQ's default worker forks a work horse per job, and
+Clients are built here, never at import time: RQ's fork worker (--worker-class fork) forks a work horse per job, and
 a socket opened before the fork would be shared by every horse. They are cached per process id,
 so a SimpleWorker reuses its connections across jobs while every forked horse builds its own.
 """
