@@ -17,15 +17,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench import chaos_check, chaos_report, chaos_state
 from bench.chaos_faults import BY_KEY, plan
-from bench.chaos_inject import FireLog, Injection, Injector, Timeline
-from bench.chaos_rig import Rig, Tuning
+from bench.chaos_inject import FireLog, Injection, Injector, MintLog, Timeline
+from bench.chaos_rig import Rig, Tuning, worker_class
 from bench.results import RESULTS_DIR
 from shared import keys
 from shared.queueing import provisioning_queue
@@ -64,20 +67,6 @@ def say(text: str) -> None:
     print(f"chaos: {text}", file=sys.stderr, flush=True)
 
 
-class TokenLog:
-    """Every access token the sandbox mints, so the logs can be searched for them."""
-
-    def __init__(self, tokens: Any) -> None:
-        self._mint = tokens.mint
-        self.minted: list[str] = []
-        tokens.mint = self._minted
-
-    def _minted(self) -> str:
-        token = self._mint()
-        self.minted.append(token)
-        return token
-
-
 class Chaos:
     def __init__(self, rig: Rig, size: Size, seed: int, clock: Clock, command: str) -> None:
         self.rig = rig
@@ -86,7 +75,7 @@ class Chaos:
         self.clock = clock
         self.timeline = Timeline()
         self.fires = FireLog(rig.sandbox.faults, clock)
-        self.tokens = TokenLog(rig.sandbox.salesforce.tokens)
+        self.tokens = MintLog(rig.sandbox.salesforce.tokens)
         tuning = rig.tuning
         self.injector = Injector(
             rig.supervisor,
@@ -101,6 +90,7 @@ class Chaos:
             seed=seed,
             orders=size.orders,
             workers=size.workers,
+            worker_classes=_classes(size.workers),
             clients=size.clients,
             load_seconds=size.load_seconds,
             settings={k: v for k, v in tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
@@ -184,7 +174,7 @@ class Chaos:
         try:
             queue = provisioning_queue(conn, QUEUE, 60)
             return queue.count == 0 and conn.hlen(keys.INFLIGHT) == 0
-        except Exception:  # Redis not back yet: not quiet
+        except redis.RedisError:  # not back yet: not quiet
             return False
         finally:
             conn.close()
@@ -193,7 +183,8 @@ class Chaos:
         self.rig.sandbox.faults.clear()
         self._wait_out_unknown_creates()
         for round_ in range(1, RETRY_ROUNDS + 1):
-            failed = [o for o in self.approved if self._status(o) == "Failed"]
+            statuses = {o["Id"]: o.get("Activation_Status__c") for o in self.rig.admin.orders()}
+            failed = [o for o in self.approved if statuses.get(o) == "Failed"]
             if not failed:
                 break
             say(f"retry round {round_}: Provision / Retry of {len(failed)} Failed orders")
@@ -217,9 +208,6 @@ class Chaos:
         if moments:
             window = self.rig.tuning.whmcs_write_timeout + UNKNOWN_CREATE_MARGIN.total_seconds()
             _sleep_until(self.clock, max(moments) + window + 2.0)
-
-    def _status(self, order_id: str) -> str:
-        return str(self.rig.admin.order(order_id).get("Activation_Status__c") or "")
 
     # --- reading the outcome ---
 
@@ -272,6 +260,11 @@ class Chaos:
             first,
             final,
         )
+
+
+def _classes(workers: int) -> str:
+    kinds = Counter(worker_class(n) for n in range(1, workers + 1))
+    return ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), reverse=True))
 
 
 def _sleep_until(clock: Clock, moment: float) -> None:

@@ -29,7 +29,7 @@ class Kind:
 
 # `hang` params are filled in by the injector: longer than the services' read timeouts.
 KINDS: tuple[Kind, ...] = (
-    Kind("kill_worker", "kill -9 a worker and its work horse", 5, 2),
+    Kind("kill_worker", "kill -9 a worker (and its work horse)", 5, 2),
     Kind("kill_subscriber", "kill -9 the subscriber", 2, 1),
     Kind("restart_redis", "restart Redis (append-only on)", 1, 1),
     Kind("revoke_token", "revoke every Salesforce token", 2, 1),

@@ -28,6 +28,7 @@ from worker import lease as leases
 RECOVERY_TIMEOUT = 90.0
 REDIS_DOWN_FOR = 3.0  # seconds Redis stays down: long enough for every process to notice
 STREAM_FRESH = 2.0  # a successful /meta/connect this recent: events are flowing
+BUSY_WAIT = 3.0  # seconds a worker kill waits for a worker that holds an order
 
 
 @dataclass
@@ -78,6 +79,20 @@ class FireLog:
             return self.fired_at.get(id(fault))
 
 
+class MintLog:
+    """Wraps the sandbox's token minting to keep every access token, to search outputs for."""
+
+    def __init__(self, tokens: Any) -> None:
+        self._mint = tokens.mint
+        self.minted: list[str] = []
+        tokens.mint = self._minted
+
+    def _minted(self) -> str:
+        token = self._mint()
+        self.minted.append(token)
+        return token
+
+
 class Injector:
     def __init__(
         self,
@@ -126,26 +141,38 @@ class Injector:
         injection.detail = f"{kind.target} {kind.fault}"
 
     def _kill_worker(self, injection: Injection) -> None:
-        workers = self._alive_workers()
-        inflight = _inflight(self.redis_server.url)
-        busy = [w for w in workers if w.current_name in inflight.values()]
+        workers, inflight, busy = self._busy_workers()
         victim = self.rng.choice(busy or workers)
         injection.hit = {o for o, name in inflight.items() if name == victim.current_name}
         injection.detail = f"{victim.current_name} (pid {victim.pid})"
+        injection.at = self.clock()  # the moment of death starts the abandoned-job window
         self.supervisor.kill9(victim)
 
-    def _alive_workers(self) -> list[Service]:
-        """The running workers (one killed a moment ago may not be back yet)."""
+    def _busy_workers(self) -> tuple[list[Service], dict[str, str], list[Service]]:
+        """Running workers, the orders in flight, and the workers holding one: a kill that hits
+        an order is the one worth making, so wait a moment for one to be busy."""
+        deadline = time.monotonic() + BUSY_WAIT
+        while True:
+            workers = self._alive("chaos-w")
+            inflight = _inflight(self.redis_server.url)
+            busy = [w for w in workers if w.current_name in inflight.values()]
+            if busy or time.monotonic() > deadline:
+                return workers, inflight, busy
+            time.sleep(0.02)
+
+    def _alive(self, prefix: str) -> list[Service]:
+        """The running services (one killed a moment ago may not be back yet)."""
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while True:
-            alive = [w for w in self.supervisor.named("chaos-w") if w.alive()]
+            alive = [s for s in self.supervisor.named(prefix) if s.alive()]
             if alive or time.monotonic() > deadline:
-                return alive or self.supervisor.named("chaos-w")
+                return alive or self.supervisor.named(prefix)
             time.sleep(0.1)
 
     def _kill_subscriber(self, injection: Injection) -> None:
-        subscriber = self.supervisor.named("chaos-subscriber")[0]
+        subscriber = self._alive("chaos-subscriber")[0]
         injection.detail = f"{subscriber.current_name} (pid {subscriber.pid})"
+        injection.at = self.clock()
         since = time.time()
         self.supervisor.kill9(subscriber)
         self._until_reconnected(injection, since)

@@ -37,6 +37,7 @@ class RunInfo:
     seed: int
     orders: int
     workers: int
+    worker_classes: str
     clients: int
     load_seconds: float
     settings: dict[str, str]
@@ -117,8 +118,8 @@ def markdown(
         f"## Chaos run: {verdict}",
         "",
         f"`{info.command}` with seed {info.seed}: {info.orders} orders for {info.clients} "
-        f"WHMCS clients approved over {info.load_seconds:g} s, {info.workers} workers, "
-        f"1 subscriber. Phases: "
+        f"WHMCS clients approved over {info.load_seconds:g} s, {info.workers} workers "
+        f"({info.worker_classes}), 1 subscriber. Phases: "
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in info.seconds.items())
         + ".",
         "",

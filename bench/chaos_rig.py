@@ -107,17 +107,24 @@ class Rig:
         self.tuning = tuning
         self.clock = clock
         self.closers: list[Any] = []
-        self.redis = RedisServer(work_dir / "redis", secrets.token_urlsafe(18))
-        self.redis.start()
+        try:
+            self._start(database_url)
+        except BaseException:
+            self.close()  # what did start must not outlive a failed start
+            raise
+
+    def _start(self, database_url: str) -> None:
+        self.redis = RedisServer(self.work_dir / "redis", secrets.token_urlsafe(18))
         self.closers.append(self.redis.stop)
+        self.redis.start()
         self.database = Database(database_url)
         self.closers.append(self.database.drop)
-        self.sandbox = Sandbox.start(work_dir / "sandbox", cometd_timeout=COMETD_TIMEOUT)
+        self.sandbox = Sandbox.start(self.work_dir / "sandbox", cometd_timeout=COMETD_TIMEOUT)
         self.closers.append(self.sandbox.stop)
         self.admin = SandboxAdmin(self.sandbox.admin_url)
-        self.supervisor = Supervisor(clock)
+        self.supervisor = Supervisor(self.clock)
         self.closers.append(self.supervisor.stop_all)
-        (work_dir / "logs").mkdir(exist_ok=True)
+        (self.work_dir / "logs").mkdir(exist_ok=True)
 
     def close(self) -> None:
         while self.closers:
@@ -151,7 +158,8 @@ class Rig:
         env, logs = self.env(), self.work_dir / "logs"
         for n in range(1, workers + 1):
             name = f"chaos-w{n}"
-            self.supervisor.add(Service(name, _worker_argv(name), env, logs, os.environ))
+            argv = _worker_argv(name, worker_class(n))
+            self.supervisor.add(Service(name, argv, env, logs, os.environ))
         self.supervisor.add(
             Service(
                 "chaos-subscriber", lambda _g: python_module("subscriber"), env, logs, os.environ
@@ -177,5 +185,14 @@ class Rig:
         return [path for service in self.supervisor.services for path in service.logs]
 
 
-def _worker_argv(name: str) -> Any:
-    return lambda generation: python_module("worker", "--name", f"{name}-g{generation}")
+def worker_class(n: int) -> str:
+    """Every second worker forks a work horse per job; the others run jobs in-process (the
+    default): a kill -9 must be survived by both."""
+    return "fork" if n % 2 == 0 else "simple"
+
+
+def _worker_argv(name: str, kind: str) -> Any:
+    def argv(generation: int) -> list[str]:
+        return python_module("worker", "--worker-class", kind, "--name", f"{name}-g{generation}")
+
+    return argv

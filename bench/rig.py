@@ -23,8 +23,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from bench import rqjobs
-from bench.harness import BenchError, Run, need, wait_until
+from bench.harness import BenchError, Run, need
 from bench.procs import Proc
+from sandbox.http import wait_until
 from shared import db, keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import database_engine

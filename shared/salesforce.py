@@ -110,9 +110,9 @@ class SalesforceClient:
         try:
             return fn(self._client(token))
         except SalesforceExpiredSession as exc:
-            raise _Expired(_detail(exc.content)) from exc
+            raise _Expired(_hidden(_detail(exc.content), token)) from exc
         except SalesforceError as exc:
-            raise _status_error(op, exc) from exc
+            raise _status_error(op, exc, token) from exc
         except (requests.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
             # requests' JSONDecodeError is also a RequestException: it must be caught first.
             if self._last_status == 401:
@@ -167,9 +167,14 @@ def _detail(content: Any) -> str:
     return ""
 
 
-def _status_error(op: str, exc: SalesforceError) -> IntegrationError:
+def _hidden(text: str, token: Token) -> str:
+    """Salesforce's error text without our bearer token, should it ever echo it."""
+    return text.replace(token.access_token, "***") if token.access_token else text
+
+
+def _status_error(op: str, exc: SalesforceError, token: Token) -> IntegrationError:
     status = int(exc.status)
-    detail = _detail(exc.content)
+    detail = _hidden(_detail(exc.content), token)
     message = f"Salesforce {op}: HTTP {status} {detail}".strip()
     if isinstance(exc, SalesforceRefusedRequest) and "REQUEST_LIMIT_EXCEEDED" not in detail:
         return AuthError(message, system=SYSTEM, code="403", status=403)

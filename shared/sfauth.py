@@ -22,6 +22,7 @@ from shared import keys
 from shared.config import SalesforceSettings
 from shared.errors import AuthError, BadResponse, ConnectionFailed, HttpStatusError, UpstreamTimeout
 from shared.http import TimeoutSession
+from shared.logs import register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ class Token:
     instance_url: str
 
 
+def _secret(token: Token) -> Token:
+    """A token in use is a secret: scrubbed from every log line of this process, like the
+    configured ones, should a reply ever echo it."""
+    register_secrets((token.access_token,))
+    return token
+
+
 def hint_for(error: str, description: str) -> str:
     text = f"{error} {description}".lower()
     for fragment, hint in HINTS:
@@ -84,16 +92,16 @@ class TokenProvider:
     def current(self) -> Token:
         """The shared token, minting one only when no process has one yet."""
         if self._token is None:
-            self._token = self._cached() or self._mint_single_flight(stale=None)
+            self._token = _secret(self._cached() or self._mint_single_flight(stale=None))
         return self._token
 
     def refresh(self, stale: Token | None) -> Token:
         """Called after `stale` was rejected: reuse a newer shared token, or mint one."""
         cached = self._cached()
         if cached is not None and cached != stale:
-            self._token = cached
+            self._token = _secret(cached)
         else:
-            self._token = self._mint_single_flight(stale)
+            self._token = _secret(self._mint_single_flight(stale))
         return self._token
 
     def forget(self) -> None:

@@ -8,6 +8,7 @@ BAYEUX_BROWSER); a new session gets a new instance. Transport failures are raise
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from shared.errors import BadResponse, ConnectionFailed, HttpStatusError, Upstre
 
 SYSTEM = "salesforce"
 DEFAULT_ADVISED_TIMEOUT = 110.0  # what Salesforce advises; used until the server says otherwise
+MAX_ADVISED_TIMEOUT = 600.0  # seconds; more is not advice a long-poll can follow
+MAX_INTERVAL = 30.0  # seconds; Salesforce advises 0 (2 with several clients)
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,14 @@ class BayeuxClient:
         self.session.close()
 
     def _follow(self, advice: dict[str, Any]) -> None:
-        """Remember the server's timeout and interval (milliseconds on the wire)."""
-        timeout, interval = advice.get("timeout"), advice.get("interval")
-        if isinstance(timeout, int | float) and timeout > 0:
-            self.advised_timeout = timeout / 1000.0
-        if isinstance(interval, int | float) and interval >= 0:
-            self.interval = interval / 1000.0
+        """Remember the server's timeout and interval (milliseconds on the wire), within bounds:
+        an interval of years would park the loop where the watchdog cannot see it, and an
+        infinite timeout cannot be a socket timeout."""
+        timeout, interval = _seconds(advice.get("timeout")), _seconds(advice.get("interval"))
+        if timeout is not None and timeout > 0:
+            self.advised_timeout = min(timeout, MAX_ADVISED_TIMEOUT)
+        if interval is not None and interval >= 0:
+            self.interval = min(interval, MAX_INTERVAL)
 
     def _exchange(
         self, message: dict[str, Any], read_timeout: float
@@ -201,3 +206,10 @@ class BayeuxClient:
         if not isinstance(body, list) or not all(isinstance(m, dict) for m in body):
             raise BadResponse(f"CometD {channel} answered a non-array", system=SYSTEM)
         return body
+
+
+def _seconds(milliseconds: Any) -> float | None:
+    """An advice number in seconds; None for anything that is not a finite number."""
+    if isinstance(milliseconds, bool) or not isinstance(milliseconds, int | float):
+        return None
+    return milliseconds / 1000.0 if math.isfinite(milliseconds) else None

@@ -77,16 +77,23 @@ def job_event(channel: str, data: Any) -> dict[str, Any]:
     header = data.get("event") if isinstance(data.get("event"), dict) else {}
     order_id = payload.get("OrderId__c")
     if isinstance(order_id, str):
-        order_id = order_id[:MAX_ORDER_ID]
+        order_id = _utf8(order_id[:MAX_ORDER_ID])
     event_uuid = header.get("EventUuid")
     replay_id = header.get("replayId")
+    published_at = payload.get("CreatedDate")
     return {
         "order_id": order_id,
-        "event_uuid": str(event_uuid)[:MAX_UUID] if event_uuid else None,
+        "event_uuid": _utf8(str(event_uuid)[:MAX_UUID]) if event_uuid else None,
         "replay_id": replay_id if _is_int(replay_id) else None,
-        "published_at": payload.get("CreatedDate"),
+        "published_at": _utf8(published_at) if isinstance(published_at, str) else published_at,
         "channel": channel,
     }
+
+
+def _utf8(text: str) -> str:
+    """`text` with lone surrogates (a JSON escape such as \\udc80 decodes to one) made "?": they
+    cannot be encoded for Redis, and an event that cannot be enqueued would stall the stream."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def job_meta(event: dict[str, Any]) -> dict[str, Any]:
