@@ -1,8 +1,9 @@
 """The RQ entry point: bind the log context, build the clients, run the orchestrator.
 
-Clients are built here, never at import time: RQ's fork worker (--worker-class fork) forks a work horse per job, and
-a socket opened before the fork would be shared by every horse. They are cached per process id,
-so a SimpleWorker reuses its connections across jobs while every forked horse builds its own.
+Clients are built here, never at import time: the fork worker (--worker-class fork) forks a work
+horse per job, and a socket opened before the fork would be shared by every horse. They are cached
+per process id, so a SimpleWorker reuses its connections across jobs while every forked horse
+builds its own.
 """
 
 from __future__ import annotations
