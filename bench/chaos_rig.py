@@ -20,7 +20,7 @@ from sandbox.fixtures import standard_document, whmcs_client
 from shared import db, keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import database_engine, redis_client
-from worker.reaper import detection_bound
+from worker.reaper import detection_bound, detection_bound_before_lease
 
 COMETD_TIMEOUT = 10.0  # seconds the sandbox holds a long-poll (Salesforce: 110)
 LOAD_BATCH = 100  # orders per fixture load
@@ -48,8 +48,10 @@ class Tuning:
 
     @property
     def abandoned_window(self) -> float:
-        """From a worker's death to its order being Failed (the reaper's bound), plus a margin."""
-        return detection_bound(self.order_lock_ttl) + 3.0
+        """From a worker's death to its order being Failed (the reaper's bounds: with the lease
+        held, and before the job took it), plus a margin."""
+        ttl = self.order_lock_ttl
+        return max(detection_bound(ttl), detection_bound_before_lease(ttl)) + 3.0
 
 
 class Database:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import NullPool
+
+from shared.errors import RedisUnavailable
 
 # Every Redis call must fail within seconds when the server is gone, except blocking reads such
 # as RQ's dequeue, which set their own longer socket timeout.
@@ -21,6 +25,16 @@ def redis_client(url: str, *, socket_timeout: float | None = REDIS_SOCKET_TIMEOU
         health_check_interval=30,
         decode_responses=False,
     )
+
+
+@contextlib.contextmanager
+def redis_unavailable(what: str) -> Iterator[None]:
+    """Where a job talks to Redis: an outage becomes RedisUnavailable (EREDIS), not a library
+    exception. Other Redis errors (a wrong type, a script error) are bugs and stay as they are."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis unavailable ({what}): {type(exc).__name__}") from exc
 
 
 def database_engine(url: str, *, connect_timeout: float = 5.0, pooled: bool = True) -> Engine:

@@ -14,6 +14,8 @@
     │   ├── BadResponse               EBADRESPONSE: HTML, truncated JSON, wrong shape
     │   ├── HttpStatusError           the HTTP status itself: 429, 500, 502, 503 ...
     │   └── RemoteError               the API answered with an error message (WHMCS result=error)
+    ├── RedisUnavailable              EREDIS: Redis unreachable (order lease, in-flight registry,
+    │                                 product cache)
     └── WorkerLost                    WORKER_LOST: the job's worker died; set by the reaper
 
 Library exceptions (requests, redis, simple-salesforce) are wrapped at the client boundary with
@@ -100,6 +102,10 @@ class HttpStatusError(IntegrationError):
 
 class RemoteError(IntegrationError):
     code = "WHMCS_ERROR"
+
+
+class RedisUnavailable(ProvisioningError):
+    code = "EREDIS"
 
 
 class WorkerLost(ProvisioningError):

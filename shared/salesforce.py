@@ -113,8 +113,16 @@ class SalesforceClient:
             raise _Expired(_hidden(_detail(exc.content), token)) from exc
         except SalesforceError as exc:
             raise _status_error(op, exc, token) from exc
-        except (requests.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+        except (
+            requests.JSONDecodeError,
+            KeyError,
+            TypeError,
+            IndexError,
+            ValueError,
+            RecursionError,
+        ) as exc:
             # requests' JSONDecodeError is also a RequestException: it must be caught first.
+            # json raises RecursionError (not ValueError) for a body nested too deep to parse.
             if self._last_status == 401:
                 raise _Expired("(body was not a JSON error list)") from exc
             raise BadResponse(

@@ -180,7 +180,7 @@ class TokenProvider:
     def _parse(self, reply: requests.Response) -> Token:
         try:
             body = reply.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
             body = None
         if reply.status_code == 200 and isinstance(body, dict) and body.get("access_token"):
             log.info(

@@ -75,6 +75,8 @@ AUTH_MESSAGES = (
 RESERVED = frozenset({"action", "identifier", "secret", "accesskey", "responsetype"})
 SNIPPET = 300  # characters of an unreadable body kept for the log
 _MAX_JSON_STARTS = 50
+# json raises RecursionError, not ValueError, for nesting deeper than the interpreter's stack.
+_UNPARSABLE = (ValueError, RecursionError)
 _TITLE = re.compile(r"<title>\s*([^<]{1,80}?)\s*</title>", re.IGNORECASE)
 
 
@@ -198,10 +200,12 @@ class WhmcsClient:
         client_id: int | None = None,
         status: str | None = None,
         limit: int = 25,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Orders newest first, in WHMCS's shape (`notes`, `lineitems.lineitem[].relid` ...)."""
+        """Orders newest first (by id), in WHMCS's shape (`notes`, `lineitems.lineitem[].relid`
+        ...); `offset` skips that many, to page with `limit`."""
         params = {"id": order_id, "userid": client_id, "status": status}
-        body = self.call("GetOrders", {**params, "limitstart": 0, "limitnum": limit})
+        body = self.call("GetOrders", {**params, "limitstart": offset, "limitnum": limit})
         fields = ("id", "ordernum", "userid", "contactid", "requestor_id", "invoiceid")
         orders = self._container(body, "orders", "order", fields)
         for order in orders:
@@ -304,7 +308,7 @@ class WhmcsClient:
             return None
         try:
             return json.loads(text)
-        except ValueError:
+        except _UNPARSABLE:
             pass
         decoder = json.JSONDecoder()
         for count, match in enumerate(re.finditer(r"\{", text)):
@@ -312,7 +316,7 @@ class WhmcsClient:
                 break
             try:
                 value, end = decoder.raw_decode(text, match.start())
-            except ValueError:
+            except _UNPARSABLE:
                 continue
             if isinstance(value, dict) and "result" in value and not text[end:].strip():
                 log.warning(

@@ -201,7 +201,7 @@ class BayeuxClient:
             )
         try:
             body = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise BadResponse(f"CometD {channel} answered non-JSON", system=SYSTEM) from exc
         if not isinstance(body, list) or not all(isinstance(m, dict) for m in body):
             raise BadResponse(f"CometD {channel} answered a non-array", system=SYSTEM)

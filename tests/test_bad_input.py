@@ -4,8 +4,9 @@ logged, counted rejection.
 Property-based (hypothesis) over what the outside world sends us: CometD replies (driven through
 the subscriber's real stream loop), platform event payloads (through the intake and the worker's
 validation), WHMCS replies (through shared/whmcs.py over HTTP) and Salesforce error bodies
-(through shared/salesforce.py over HTTP). The servers are scripted `sandbox.http` servers on
-loopback that answer whatever the example says; the end-to-end cases use the sandbox emulators.
+(through shared/salesforce.py over HTTPS, which simple-salesforce insists on). The servers are
+scripted `sandbox.http` servers on loopback TLS that answer whatever the example says; the
+end-to-end cases use the sandbox emulators.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from sqlalchemy import select
 
+from sandbox import tls
 from sandbox.fixtures import standard_document
 from sandbox.http import Request, Response, Server
 from shared import db, keys
@@ -123,10 +125,14 @@ class Scripted:
 
 
 @pytest.fixture(scope="module")
-def scripted() -> Iterator[tuple[Scripted, str]]:
+def scripted(tmp_path_factory) -> Iterator[tuple[Scripted, str]]:
+    material = tls.generate(tmp_path_factory.mktemp("tls"))
     app = Scripted()
-    server = Server(app).start()
-    yield app, f"http://127.0.0.1:{server.port}"
+    server = Server(app, ssl_context=material.server_context()).start()
+    # requests lets REQUESTS_CA_BUNDLE override a session's own `verify`: trust our CA through it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQUESTS_CA_BUNDLE", str(material.ca_path))
+        yield app, server.url
     server.stop()
 
 
@@ -402,6 +408,7 @@ def test_any_salesforce_error_body_is_a_coded_error_and_one_refresh_at_most(
         client.close()
     rest = [r for r in app.requests if r.path != "/services/oauth2/token"]
     logins = len(app.requests) - len(rest)
+    assert rest, "the REST call reached the scripted server"
     assert len(rest) <= 2 and logins <= 2, "one token refresh and one retry at most"
     assert no_secret_in(log_text(caplog))
 

@@ -175,12 +175,6 @@ def test_outcomes_are_summarised_most_common_first():
 # --- faults the run does not reach: a busy client, a kill at the wrong moment --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: worker/steps.py find_existing_order reads only the client's newest "
-    "LOOKUP_LIMIT (50) WHMCS orders, so an AddOrder with an unknown outcome is not found once the "
-    "client has 50 newer orders, and the retry orders a second time",
-)
 def test_an_unknown_addorder_is_found_behind_fifty_newer_orders_of_a_busy_client(
     sandbox_admin, app_settings, redis_conn, sqlite_engine
 ):
@@ -227,13 +221,6 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the reaper only watches prov:inflight, which a job writes after it takes "
-    "the order's lease; a worker killed between RQ's dequeue and that point leaves the order "
-    "Activating for good (RQ later fails the job but nothing updates Salesforce, and Provision / "
-    "Retry answers 'Already in progress')",
-)
 def test_a_worker_killed_between_dequeue_and_the_lease_leaves_no_order_activating(
     sandbox_admin, app_env, app_settings, redis_conn, services
 ):
@@ -252,6 +239,14 @@ def test_a_worker_killed_between_dequeue_and_the_lease_leaves_no_order_activatin
     )
     started.cleanup(time.time() + 3600)  # RQ's own abandoned-job sweep, an hour from now
     wait_until(lambda: sandbox_admin.order(order_id)["Activation_Status__c"] != "Activating", 10)
+
+    stored = sandbox_admin.order(order_id)
+    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
+        "Failed",
+        "WORKER_LOST",
+    )
+    assert "before job" in stored["Activation_Error_Message__c"]
+    assert sandbox_admin.whmcs_orders()["orders"] == []
 
 
 # --- the run ------------------------------------------------------------------------------------

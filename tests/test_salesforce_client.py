@@ -6,8 +6,11 @@ import dataclasses
 
 import pytest
 
+from sandbox import tls
 from sandbox.fixtures import standard_document
+from sandbox.http import Request, Response, Server
 from shared import keys
+from shared.config import SalesforceSettings
 from shared.errors import AuthError, BadResponse, ConnectionFailed, HttpStatusError, UpstreamTimeout
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
@@ -136,3 +139,37 @@ def test_a_patch_refused_for_field_access_names_the_problem(sf, world, sandbox_a
 def test_update_refuses_a_malformed_id(sf):
     with pytest.raises(ValueError):
         sf.update("Order", "801' OR 1=1", {"Activation_Status__c": "Failed"})
+
+
+DEEP = ("[" * 100_000 + "]" * 100_000).encode()  # json raises RecursionError, not ValueError
+
+
+@pytest.mark.parametrize("where", ["token", "query"])
+def test_json_nested_too_deep_is_a_bad_response(where, tmp_path, monkeypatch, redis_conn):
+    material = tls.generate(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(material.ca_path))
+
+    def answer(request: Request) -> Response:
+        if request.path == "/services/oauth2/token" and where == "query":
+            return Response.json({"access_token": "tok", "instance_url": server.url})
+        return Response(200, DEEP, [("Content-Type", "application/json")])
+
+    server = Server(answer, ssl_context=material.server_context()).start()
+    settings = SalesforceSettings(
+        login_url=server.url,
+        client_id="consumer-key",
+        username="integration@example.com",
+        private_key_path=str(material.app_key_path),
+        audience=server.url,
+        api_version="59.0",
+        timeout=5.0,
+        connect_timeout=5.0,
+    )
+    sf = SalesforceClient(settings, TokenProvider(settings, redis_conn))
+    try:
+        with pytest.raises(BadResponse) as caught:
+            sf.query("SELECT Id FROM Order LIMIT 1")
+    finally:
+        sf.close()
+        server.stop()
+    assert caught.value.code == "EBADRESPONSE"

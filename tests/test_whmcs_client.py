@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sandbox import tls
+from sandbox.http import Response, Server
 from shared.config import WhmcsSettings
 from shared.errors import (
     AuthError,
@@ -354,6 +355,33 @@ def test_a_timed_out_accept_order_shows_as_active(whmcs, make_client):
     with pytest.raises(UpstreamTimeout):
         client.accept_order(order_id)
     assert client.get_orders(order_id=order_id)[0]["status"] == "Active"
+
+
+def test_get_orders_pages_with_limitstart(whmcs, client):
+    made = [client.add_order(1, "stripe", LINES[:1], f"n{i}").order_id for i in range(5)]
+    pages = [client.get_orders(client_id=1, limit=2, offset=start) for start in (0, 2, 4)]
+    assert [[o["id"] for o in page] for page in pages] == [made[:2:-1], made[2:0:-1], made[:1]]
+    assert [c["params"]["limitstart"] for c in logged(whmcs, "GetOrders")] == ["0", "2", "4"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"result": "success", "orders": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "<br />Warning<br />" + '{"result": "success", "x": ' * 50_000,
+    ],
+)
+def test_json_nested_too_deep_for_the_parser_is_a_bad_response(whmcs, body):
+    """The json module raises RecursionError, not ValueError, on nesting that deep."""
+    server = Server(lambda request: Response.text(body, content_type="application/json")).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/includes/api.php"
+        client = WhmcsClient(settings_for(whmcs, api_url=url))
+        with client, pytest.raises(BadResponse, match="answered HTTP 200 with") as caught:
+            client.get_orders(client_id=1)
+    finally:
+        server.stop()
+    assert caught.value.code == "EBADRESPONSE"
 
 
 def test_remote_errors_carry_the_whmcs_message(client):

@@ -4,7 +4,9 @@ RQ's failed registry with its traceback."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +18,19 @@ from sqlalchemy import text
 
 from sandbox.fixtures import standard_document
 from shared import keys
+from shared.errors import RedisUnavailable
 from shared.sfid import new_id
-from tests.worker_support import enqueue, event_from, failed_job_ids, latest, tuned, work
+from tests.fixtures.outages import RedisServer
+from tests.worker_support import (
+    enqueue,
+    event_from,
+    failed_job_ids,
+    latest,
+    tuned,
+    wait_until,
+    work,
+)
+from worker import jobs, orchestrator
 
 
 @dataclass
@@ -207,3 +220,74 @@ def test_an_order_that_does_not_exist_is_not_patched(
     attempt, _steps = latest(sqlite_engine, missing)
     assert attempt.error_code == "ORDER_NOT_FOUND"
     assert sandbox_admin.sf_counters()["api_calls"]["patch"] == 0
+
+
+# --- Redis gone in the middle of a job: the job runs in this process against its own
+# redis-server, so stopping it leaves the shared test Redis (and RQ's bookkeeping) alone ---
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_in_process(settings, published):
+    services = jobs.build_services(settings)
+    try:
+        return orchestrator.run(services, orchestrator.Event.from_payload(published, "evt-own"))
+    finally:
+        services.whmcs.close()
+        services.salesforce.close()
+        services.records.engine.dispose()
+
+
+def test_redis_gone_mid_job_is_eredis(sandbox_admin, app_settings, sqlite_engine, own_redis):
+    order_id = sandbox_admin.load(standard_document())["refs"]["o1"]
+    event = event_from(sandbox_admin.approve(order_id))
+    settings = dataclasses.replace(app_settings, redis_url=own_redis.url)
+    sandbox_admin.set_latency("whmcs.GetPayMethods", 2.0)  # the job holds the lease meanwhile
+
+    def stop_during_payment_method():
+        wait_until(lambda: sandbox_admin.whmcs_counters().get("GetPayMethods"), timeout=60)
+        own_redis.stop()
+
+    stopper = threading.Thread(target=stop_during_payment_method, daemon=True)
+    stopper.start()
+    with pytest.raises(RedisUnavailable):
+        run_in_process(settings, event)
+    stopper.join(timeout=60)
+
+    stored = sandbox_admin.order(order_id)
+    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
+        "Failed",
+        "EREDIS",
+    )
+    assert stored["Activation_Error_Message__c"].startswith("Redis unavailable (order lease)")
+    attempt, _steps = latest(sqlite_engine, order_id)
+    assert (attempt.status, attempt.error_code, attempt.step) == (
+        "failed",
+        "EREDIS",
+        "whmcs_create",
+    )
+    assert sandbox_admin.whmcs_orders()["orders"] == []
+
+
+def test_redis_gone_before_the_lease_leaves_the_order_to_the_reaper(
+    sandbox_admin, app_settings, sqlite_engine, own_redis
+):
+    order_id = sandbox_admin.load(standard_document())["refs"]["o1"]
+    event = event_from(sandbox_admin.approve(order_id))
+    own_redis.stop()
+
+    with pytest.raises(RedisUnavailable):
+        run_in_process(dataclasses.replace(app_settings, redis_url=own_redis.url), event)
+
+    # Without the lease the job cannot tell whether the order is its to touch: it does not, and
+    # its attempt stays `running` with the code for the reaper to deliver (test_worker_reaper).
+    assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
+    assert sandbox_admin.sf_counters()["api_calls"]["patch"] == 0
+    attempt, _steps = latest(sqlite_engine, order_id)
+    assert (attempt.status, attempt.error_code) == ("running", "EREDIS")

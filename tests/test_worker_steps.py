@@ -158,6 +158,26 @@ def test_pick_existing(orders, known, found, duplicates):
     assert others == duplicates
 
 
+def dated(day_time: str) -> dict:
+    return {"id": 1, "date": f"2026-04-{day_time}"}
+
+
+@pytest.mark.parametrize(
+    ("page", "cutoff", "last"),
+    [
+        ([], None, True),
+        ([dated("09 10:00:00")], None, True),  # shorter than the page: the list ended
+        ([dated("09 10:00:00")] * 2, None, False),
+        ([dated("09 10:00:00")] * 2, NOW, True),  # the oldest predates the cutoff
+        ([dated("09 10:00:00"), dated("09 18:00:01")], NOW, False),
+        ([dated("09 10:00:00"), {"id": 1, "date": "0000-00-00 00:00:00"}], NOW, False),
+        ([dated("09 10:00:00"), {"id": 1}], NOW, False),  # no date: keep reading
+    ],
+)
+def test_the_lookup_pages_back_to_the_cutoff(page, cutoff, last):
+    assert steps.last_page(page, 2, cutoff) is last
+
+
 def test_parse_whmcs_order_reads_services_and_empty_lineitems():
     parsed = steps.parse_whmcs_order(whmcs_order("12", TAG, services=(3, 4)))
     assert (parsed.order_id, parsed.service_ids, parsed.invoice_id) == (12, (3, 4), 9)

@@ -4,6 +4,9 @@
 every third of that while the job runs, so it lapses only when its process is gone (kill -9, OOM,
 node loss) or cannot reach Redis. `prov:inflight` maps OrderId -> the running job: an entry whose
 lease has lapsed is an abandoned job (see worker/reaper.py).
+
+What a job calls here turns a Redis outage into RedisUnavailable (EREDIS); the reaper's scans
+(`entries`, `lease_exists`) let redis errors through to its loop, which logs and tries again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import asdict, dataclass
 import redis
 
 from shared import keys
+from shared.connections import redis_unavailable
+from shared.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +52,12 @@ class Lease:
         self.lost = threading.Event()  # set once a renewal finds the lease gone or taken
 
     def acquire(self) -> bool:
-        return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        with redis_unavailable("order lease"):
+            return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
-        ok = bool(self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+        with redis_unavailable("order lease"):
+            ok = bool(self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
         if not ok:
             self.lost.set()
         return ok
@@ -59,12 +66,15 @@ class Lease:
         """Ask Redis now (before an irreversible write), not just the renewer's last result."""
         if self.lost.is_set():
             return False
-        if self.redis.get(self.key) != self.token.encode():
+        with redis_unavailable("order lease"):
+            current = self.redis.get(self.key)
+        if current != self.token.encode():
             self.lost.set()
         return not self.lost.is_set()
 
     def release(self) -> bool:
-        return bool(self.redis.eval(_RELEASE, 1, self.key, self.token))
+        with redis_unavailable("order lease"):
+            return bool(self.redis.eval(_RELEASE, 1, self.key, self.token))
 
     @contextlib.contextmanager
     def kept_alive(self) -> Iterator[Lease]:
@@ -87,7 +97,7 @@ class Lease:
                 if not self.renew():
                     log.error("Order lease lost; another process may own the order now")
                     return
-            except redis.RedisError as exc:
+            except (RedisUnavailable, redis.RedisError) as exc:
                 # Keep trying: the lease survives a blip shorter than its TTL.
                 log.warning("Order lease renewal failed", extra={"error": type(exc).__name__})
 
@@ -120,13 +130,15 @@ class InflightEntry:
 
 def register(connection: redis.Redis, order_id: str, entry: InflightEntry) -> str:
     raw = entry.dumps()
-    connection.hset(keys.INFLIGHT, order_id, raw)
+    with redis_unavailable("in-flight registry"):
+        connection.hset(keys.INFLIGHT, order_id, raw)
     return raw
 
 
 def unregister(connection: redis.Redis, order_id: str, raw: str | bytes) -> bool:
     """Remove the entry only if it is still the one we wrote (a newer job may have replaced it)."""
-    return bool(connection.eval(_UNREGISTER, 1, keys.INFLIGHT, order_id, raw))
+    with redis_unavailable("in-flight registry"):
+        return bool(connection.eval(_UNREGISTER, 1, keys.INFLIGHT, order_id, raw))
 
 
 def entries(connection: redis.Redis) -> dict[str, bytes]:

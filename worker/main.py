@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         SalesforceClient(settings.salesforce, TokenProvider(settings.salesforce, own)),
         settings.order_lock_ttl,
         secrets=settings.secrets(),
+        queue_name=settings.queue_name,
     )
     connection = redis_client(settings.redis_url)
     queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             "burst": args.burst,
             "reaper_interval_s": sweeper.interval,
             "abandoned_detection_bound_s": reaper.detection_bound(settings.order_lock_ttl),
+            "abandoned_before_lease_bound_s": reaper.detection_bound_before_lease(
+                settings.order_lock_ttl
+            ),
         },
     )
     sweeper.start()

@@ -32,6 +32,7 @@ from shared.errors import (
     InvalidEvent,
     OrderNotFound,
     ProvisioningError,
+    RedisUnavailable,
     WorkerLost,
     short_message,
 )
@@ -40,7 +41,7 @@ from shared.salesforce import SalesforceClient
 from shared.whmcs import WhmcsClient
 from worker import lease as leases
 from worker import steps
-from worker.records import ACTIVATED, FAILED, SKIPPED, Attempt, Records, StepRecord
+from worker.records import ACTIVATED, FAILED, RUNNING, SKIPPED, Attempt, Records, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class Run:
             if not self.interrupted:
                 leases.unregister(self.s.redis, self.order_id, inflight_raw)
             self.lease.release()
-        except redis.RedisError as exc:
+        except (RedisUnavailable, redis.RedisError) as exc:
             log.warning("Could not release the order lease", extra={"error": type(exc).__name__})
 
     def _run_steps(self, order: steps.Order) -> None:
@@ -248,7 +249,8 @@ class Run:
             self._checkpoint_soon(whmcs_client_id=plan.client_id, **_columns(found))
             return found
         self._require_lease("AddOrder")
-        self._checkpoint(whmcs_client_id=plan.client_id, create_started_at=self.s.clock())
+        sent_at = self.s.clock()
+        self._checkpoint(whmcs_client_id=plan.client_id, create_started_at=sent_at)
         try:
             created = steps.create_order(self.s.whmcs, plan, gateway, steps.notes_for(order))
         except ProvisioningError as exc:
@@ -257,7 +259,7 @@ class Run:
                 with contextlib.suppress(SQLAlchemyError):
                     self._checkpoint(create_started_at=None)
                 raise
-            created = self._reconcile_after(exc, plan)
+            created = self._reconcile_after(exc, plan, sent_at)
         self._checkpoint_soon(**_columns(created))
         log.info("WHMCS order created", extra=_ids(created))
         note.fields = _ids(created)
@@ -267,7 +269,8 @@ class Run:
         if not steps.may_have_ordered(self.earlier):
             return None
         known = [a.whmcs_order_id for a in self.earlier if a.whmcs_order_id]
-        found = steps.find_existing_order(self.s.whmcs, plan.client_id, self.order_id, known)
+        since = min(a.create_started_at for a in self.earlier if a.create_started_at is not None)
+        found = steps.find_existing_order(self.s.whmcs, plan.client_id, self.order_id, known, since)
         if found is None:
             window = timedelta(seconds=self.s.settings.whmcs.write_timeout) + UNKNOWN_CREATE_MARGIN
             sent = steps.unknown_create_is_recent(self.earlier, self.s.clock(), window)
@@ -281,11 +284,15 @@ class Run:
                 )
         return found
 
-    def _reconcile_after(self, exc: ProvisioningError, plan: steps.Plan) -> steps.WhmcsOrder:
+    def _reconcile_after(
+        self, exc: ProvisioningError, plan: steps.Plan, sent_at: datetime
+    ) -> steps.WhmcsOrder:
         """AddOrder's outcome is unknown: it may have created the order. Look once."""
         log.warning("AddOrder outcome unknown; looking for the order in WHMCS")
         try:
-            found = steps.find_existing_order(self.s.whmcs, plan.client_id, self.order_id, [])
+            found = steps.find_existing_order(
+                self.s.whmcs, plan.client_id, self.order_id, [], sent_at
+            )
         except ProvisioningError as lookup:
             log.warning("Lookup after AddOrder failed", extra={"error_code": lookup.code})
             found = None
@@ -316,10 +323,16 @@ class Run:
     def _fail(self, exc: Exception) -> None:
         code = error_code(exc)
         message = short_message(_message(exc), self.s.settings.secrets())
+        status = FAILED
         if self._may_mark_failed(exc):
             message = self._mark_failed(code, message)
+        elif self.order_id and self.lease is None:
+            # Taking the lease itself failed (Redis): whether the order was ours to touch is
+            # unknown, so it may stay Activating. The attempt stays `running`, with its code:
+            # the reaper settles it once it can take the lease (worker/reaper.py).
+            status = RUNNING
         extra = {"accepted_at": self.accepted_at} if self.accepted_at else {}
-        self._finish_record(status=FAILED, error_code=code, error_message=message, **extra)
+        self._finish_record(status=status, error_code=code, error_message=message, **extra)
         self._canonical(FAILED, error_code=code, error_message=message)
 
     def _may_mark_failed(self, exc: Exception) -> bool:
@@ -342,12 +355,13 @@ class Run:
         try:
             steps.sf_failure_update(self.s.salesforce, self.order_id, code, message)
             return message
-        except ProvisioningError as exc:
+        except (ProvisioningError, redis.RedisError) as exc:  # Redis: the shared token cache
+            update_code = error_code(exc)
             log.error(
                 "Could not mark the order Failed in Salesforce",
-                extra={"error_code": code, "update_error_code": exc.code},
+                extra={"error_code": code, "update_error_code": update_code},
             )
-            return short_message(f"{message} [Salesforce not updated: {exc.code}]")
+            return short_message(f"{message} [Salesforce not updated: {update_code}]")
 
     def _finish_record(self, **values: Any) -> None:
         try:
@@ -457,6 +471,8 @@ def error_code(exc: BaseException) -> str:
         return "JOB_TIMEOUT"
     if isinstance(exc, SQLAlchemyError):
         return "EDATABASE"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return RedisUnavailable.code  # from a client that does not wrap its Redis calls
     return "INTERNAL"
 
 
@@ -471,6 +487,8 @@ def _message(exc: BaseException) -> str:
         return "job ran past JOB_TIMEOUT and was stopped"
     if isinstance(exc, SQLAlchemyError):
         return f"fulfilment database unavailable: {type(exc).__name__}"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"Redis unavailable: {type(exc).__name__}"
     return f"internal error: {type(exc).__name__}"
 
 

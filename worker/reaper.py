@@ -5,13 +5,25 @@ has lapsed belongs to a dead process. The reaper takes the lease, marks the Sale
 with WORKER_LOST (unless it is not Activating any more), records that in the database, moves the
 RQ job from the started to the failed registry so rq-dashboard shows it, and drops the entry.
 
-Detection bound: the lease lapses at most ORDER_LOCK_TTL after the death (it was renewed every
-TTL/3), and each worker process scans every REAPER_INTERVAL = min(10 s, TTL/3): with the default
-ORDER_LOCK_TTL=30 an abandoned order is Failed within 40 s (plus one Salesforce call).
+A worker can also die after RQ dequeued a job and before the job took the lease (or the job can
+fail to take it: Redis gone). `prov:inflight` never sees such a job, so the reaper also reads RQ's
+own registries for the queue: a job that RQ lists as started, or recently failed, at least
+STALE_AFTER = 2 x ORDER_LOCK_TTL after it started, whose order has no lease and no in-flight
+entry, and that left no settled attempt row, never got to work. The reaper takes the lease and
+fails the order if it still reads Activating without a WHMCS order id (WORKER_LOST, or the code
+the job recorded when it could not settle the order itself); otherwise it leaves the order alone.
+
+Detection bounds (each worker process scans every REAPER_INTERVAL = min(10 s, TTL/3)), before the
+one Salesforce call; with the default ORDER_LOCK_TTL=30:
+- a job that died holding the lease: the lease lapses at most ORDER_LOCK_TTL after the death (it
+  was renewed every TTL/3): ORDER_LOCK_TTL + REAPER_INTERVAL, 40 s;
+- a job that never took the lease: STALE_AFTER + REAPER_INTERVAL after it started, 70 s; if RQ
+  moved it to its failed registry first, one REAPER_INTERVAL after that.
+Both need at least one `python -m worker` running on the queue.
 
 It runs as a thread in every `python -m worker` process rather than between jobs: a loop between
 jobs would stall behind a long job, and RQ's dequeue blocks for minutes when the queue is idle.
-Several reapers are safe together: the order's lease lets only one act on an entry.
+Several reapers are safe together: the order's lease lets only one act on an order.
 """
 
 from __future__ import annotations
@@ -20,16 +32,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from shared import keys
+from shared import keys, queueing
 from shared.errors import (
     BadResponse,
     ConnectionFailed,
@@ -40,23 +54,52 @@ from shared.errors import (
     short_message,
 )
 from shared.salesforce import SalesforceClient
-from shared.sfid import is_valid_id
+from shared.sfid import is_valid_id, to18
 from worker import lease as leases
 from worker import steps
-from worker.records import ACTIVATED, FAILED, RUNNING, Attempt, Records
+from worker.records import ACTIVATED, FAILED, RUNNING, SKIPPED, Attempt, Records
 
 log = logging.getLogger(__name__)
 
 MAX_INTERVAL = 10.0
+# How far back the failed registry is read for jobs RQ itself failed before the reaper saw them
+# (by the registry score, which is the failure time + queueing.FAILURE_TTL). RQ moves an abandoned
+# job during a worker's maintenance, and every worker runs a reaper: one pass would do; a day
+# covers a cleanup run by some other process while no worker was up.
+RECENT_FAILURES = 24 * 3600.0
+NOT_UPDATED = "not updated"  # the Salesforce status we report when the PATCH was refused
 
 
 def interval_for(order_lock_ttl: float) -> float:
     return max(0.2, min(MAX_INTERVAL, order_lock_ttl / 3))
 
 
+def stale_after(order_lock_ttl: float) -> float:
+    """Seconds after its start by which a live job has long taken its order's lease."""
+    return 2 * order_lock_ttl
+
+
 def detection_bound(order_lock_ttl: float) -> float:
     """Seconds from a worker's death to its order being failed (before the Salesforce call)."""
     return order_lock_ttl + interval_for(order_lock_ttl)
+
+
+def detection_bound_before_lease(order_lock_ttl: float) -> float:
+    """Seconds from the start of a job that never took its lease to its order being failed."""
+    return stale_after(order_lock_ttl) + interval_for(order_lock_ttl)
+
+
+@dataclass(frozen=True)
+class LostJob:
+    """An RQ job that may have died before taking its order's lease."""
+
+    job_id: str
+    order_id: str
+    started_at: float  # epoch seconds (RQ's start, or its enqueue when it never started)
+    worker: str
+
+    def entry(self) -> leases.InflightEntry:
+        return leases.InflightEntry(self.job_id, "", self.started_at, self.worker)
 
 
 class Reaper:
@@ -68,6 +111,7 @@ class Reaper:
         order_lock_ttl: float,
         secrets: tuple[str, ...] = (),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        queue_name: str | None = None,
     ) -> None:
         self.redis = connection
         self.records = records
@@ -76,6 +120,8 @@ class Reaper:
         self.interval = interval_for(order_lock_ttl)
         self.secrets = secrets
         self.clock = clock
+        self.queue_name = queue_name  # None: prov:inflight only
+        self._done_jobs: dict[str, float] = {}  # RQ jobs already judged -> when (epoch seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,15 +142,20 @@ class Reaper:
                 log.exception("Reaper pass failed")
             self._stop.wait(self.interval)
 
-    def run_once(self) -> list[str]:
-        """One scan of prov:inflight; returns the orders whose abandoned job was dealt with."""
+    def run_once(self, now: float | None = None) -> list[str]:
+        """One scan of prov:inflight, then of the queue's RQ registries (judged as at `now`,
+        epoch seconds); returns the orders whose abandoned job was dealt with."""
         reaped = []
         for order_id, raw in leases.entries(self.redis).items():
             if leases.lease_exists(self.redis, order_id):
                 continue  # its job is alive (or another reaper is on it)
             if self._reap(order_id, raw):
                 reaped.append(order_id)
+        if self.queue_name:
+            reaped += self._sweep_jobs(time.time() if now is None else now)
         return reaped
+
+    # --- prov:inflight: jobs that died holding the lease ---
 
     def _reap(self, order_id: str, raw: bytes) -> bool:
         lease = leases.Lease(self.redis, order_id, self.ttl)
@@ -127,15 +178,90 @@ class Reaper:
         finally:
             lease.release()
 
-    def _settle(self, order_id: str, entry: leases.InflightEntry) -> bool:
+    # --- RQ's registries: jobs that never took the lease ---
+
+    def _sweep_jobs(self, now: float) -> list[str]:
+        self._done_jobs = {j: t for j, t in self._done_jobs.items() if now - t < RECENT_FAILURES}
+        reaped = []
+        for job_id in self._job_ids(now):
+            lost = self._lost_job(job_id, now)
+            if lost is not None and self._reap_job(lost, now):
+                reaped.append(lost.order_id)
+        return reaped
+
+    def _job_ids(self, now: float) -> list[str]:
+        """Started jobs, and jobs failed within RECENT_FAILURES, not judged yet."""
+        assert self.queue_name is not None
+        started = StartedJobRegistry(
+            self.queue_name, connection=self.redis, serializer=JSONSerializer
+        )
+        failed = FailedJobRegistry(
+            self.queue_name, connection=self.redis, serializer=JSONSerializer
+        )
+        since = now + queueing.FAILURE_TTL - RECENT_FAILURES
+        recent: list[bytes] = self.redis.zrangebyscore(failed.key, since, "+inf")  # type: ignore[assignment]
+        ids = started.get_job_ids(cleanup=False) + [i.decode() for i in recent]
+        return [i for i in dict.fromkeys(ids) if i not in self._done_jobs]
+
+    def _lost_job(self, job_id: str, now: float) -> LostJob | None:
+        """The job, if it is old enough to have taken its lease; None to skip it."""
+        try:
+            job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+            payload = job.args[0] if job.args else None
+        except NoSuchJobError:
+            self._done_jobs[job_id] = now
+            return None
+        except (DeserializationError, ValueError, TypeError) as exc:  # not a job of ours
+            log.warning(
+                "Reaper skips an unreadable job", extra={"job_id": job_id, "error": repr(exc)}
+            )
+            self._done_jobs[job_id] = now
+            return None
+        lost = describe_job(job, payload)
+        if lost is None:
+            self._done_jobs[job_id] = now  # no valid order id: nothing to fail in Salesforce
+            return None
+        return lost if now - lost.started_at >= stale_after(self.ttl) else None
+
+    def _reap_job(self, lost: LostJob, now: float) -> bool:
+        if self._order_is_held(lost.order_id):
+            return False  # a job holds the order, or the in-flight scan will deal with it
+        if not unsettled(self.records.by_job(lost.order_id, lost.job_id)):
+            self._done_jobs[lost.job_id] = now  # it ran and recorded its outcome
+            return False
+        lease = leases.Lease(self.redis, lost.order_id, self.ttl)
+        if not lease.acquire():
+            return False
+        try:
+            if self.redis.hexists(keys.INFLIGHT, lost.order_id):
+                return False
+            if not self._settle(lost.order_id, lost.entry(), before_lease=True):
+                return False  # Salesforce unreachable: try again next pass
+            self._done_jobs[lost.job_id] = now
+            return True
+        finally:
+            lease.release()
+
+    def _order_is_held(self, order_id: str) -> bool:
+        return bool(self.redis.hexists(keys.INFLIGHT, order_id)) or leases.lease_exists(
+            self.redis, order_id
+        )
+
+    # --- settling one job's order (the caller holds the order's lease) ---
+
+    def _settle(
+        self, order_id: str, entry: leases.InflightEntry, before_lease: bool = False
+    ) -> bool:
         attempt = self.records.by_job(order_id, entry.job_id)
-        if attempt is not None and attempt.status != RUNNING:
+        if not unsettled(attempt):
+            assert attempt is not None
             # The job recorded its outcome (and so updated Salesforce) before it died.
             self._fail_rq_job(entry, f"worker stopped after the job ended ({attempt.status})")
             return True
-        message = short_message(_lost_message(entry, attempt), self.secrets)
+        code, message = outcome_to_deliver(attempt, entry, before_lease)
+        message = short_message(message, self.secrets)
         try:
-            state = self._mark_failed(order_id, message)
+            state = self._mark_failed(order_id, code, message)
         except ProvisioningError as exc:
             if _transient(exc):
                 log.warning(
@@ -143,25 +269,27 @@ class Reaper:
                     extra={"order_id": order_id, "error_code": exc.code},
                 )
                 return False
-            state = f"not updated: {exc.code}"
+            state = f"{NOT_UPDATED}: {exc.code}"
             message = short_message(f"{message} [Salesforce {state}]")
-        self._record(order_id, entry, attempt, state, message)
-        self._fail_rq_job(entry, f"{WorkerLost.code}: {message}")
+        values = closing_values(entry.job_id, attempt, state, code, message, not before_lease)
+        self._record(order_id, entry, attempt, values)
+        self._fail_rq_job(entry, f"{code}: {message}")
         log.error(
             "Abandoned job reaped",
             extra={
                 "order_id": order_id,
                 "job_id": entry.job_id,
                 "worker": entry.worker,
-                "error_code": WorkerLost.code,
+                "error_code": code,
                 "salesforce_status": state,
                 "step": attempt.step if attempt else "",
+                "lease_taken": not before_lease,
                 "seconds_since_start": round(time.time() - entry.started_at, 1),
             },
         )
         return True
 
-    def _mark_failed(self, order_id: str, message: str) -> str:
+    def _mark_failed(self, order_id: str, code: str, message: str) -> str:
         """PATCH the order Failed if it still reads Activating; returns its status afterwards."""
         records = self.salesforce.query(
             "SELECT Id, Activation_Status__c, WHMCS_Order_ID__c FROM Order "
@@ -172,7 +300,7 @@ class Reaper:
         status = str(records[0].get("Activation_Status__c") or "empty")
         if status != steps.ACTIVATING or records[0].get("WHMCS_Order_ID__c"):
             return status  # finished after all (or changed by hand): leave it alone
-        steps.sf_failure_update(self.salesforce, order_id, WorkerLost.code, message)
+        steps.sf_failure_update(self.salesforce, order_id, code, message)
         return steps.FAILED
 
     def _record(
@@ -180,27 +308,67 @@ class Reaper:
         order_id: str,
         entry: leases.InflightEntry,
         attempt: Attempt | None,
-        state: str,
-        message: str,
+        values: dict[str, Any],
     ) -> None:
         now = self.clock()
         if attempt is None:  # the job died before it wrote its attempt row
             attempt = self.records.begin(
                 order_id=order_id, job_id=entry.job_id, worker=entry.worker, now=now
             )
-        if state == steps.ACTIVATED:
-            self.records.save(attempt.id, status=ACTIVATED, finished_at=now)
-            return
-        self.records.save(
-            attempt.id,
-            status=FAILED,
-            error_code=WorkerLost.code,
-            error_message=message,
-            finished_at=now,
-        )
+        self.records.save(attempt.id, finished_at=now, **values)
 
     def _fail_rq_job(self, entry: leases.InflightEntry, reason: str) -> bool:
         return fail_started_job(self.redis, entry.job_id, reason)
+
+
+def describe_job(job: Job, payload: Any) -> LostJob | None:
+    """What the reaper needs of an RQ job; None when it names no valid Order id."""
+    raw = payload.get("order_id") if isinstance(payload, dict) else None
+    if not isinstance(raw, str) or not is_valid_id(raw, "Order"):
+        return None
+    started = job.started_at or job.enqueued_at
+    if started is None:
+        return None
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    return LostJob(
+        job_id=job.id,
+        order_id=to18(raw),
+        started_at=started.timestamp(),
+        worker=job.worker_name or "",
+    )
+
+
+def unsettled(attempt: Attempt | None) -> bool:
+    """No row, or a row still `running`: nobody has delivered this job's outcome to the order."""
+    return attempt is None or attempt.status == RUNNING
+
+
+def outcome_to_deliver(
+    attempt: Attempt | None, entry: leases.InflightEntry, before_lease: bool
+) -> tuple[str, str]:
+    """The code and message for the order: the job's own, when it recorded one it could not
+    deliver (it could not take the lease); WORKER_LOST otherwise."""
+    if attempt is not None and attempt.error_code:
+        return attempt.error_code, attempt.error_message or attempt.error_code
+    if before_lease:
+        return WorkerLost.code, _lost_before_lease_message(entry)
+    return WorkerLost.code, _lost_message(entry, attempt)
+
+
+def closing_values(
+    job_id: str, attempt: Attempt | None, state: str, code: str, message: str, lease_taken: bool
+) -> dict[str, Any]:
+    """How the reaper closes the job's attempt row, given the order's status afterwards."""
+    if state == steps.ACTIVATED and lease_taken:
+        return {"status": ACTIVATED}  # it got that far before it died
+    left_alone = state != steps.FAILED and not state.startswith(NOT_UPDATED)
+    if attempt is None and not lease_taken and left_alone:
+        # A job with no row on an order that was not Activating: it did nothing. The row says so,
+        # and no later pass judges the job again.
+        left = f"job {job_id} left no attempt; the order reads {state}: left alone"
+        return {"status": SKIPPED, "error_message": left}
+    return {"status": FAILED, "error_code": code, "error_message": message}
 
 
 def fail_started_job(connection: redis.Redis, job_id: str, reason: str) -> bool:
@@ -234,6 +402,14 @@ def _lost_message(entry: leases.InflightEntry, attempt: Attempt | None) -> str:
     elif attempt is not None and attempt.create_outcome_unknown:
         text += "; AddOrder outcome unknown"
     return text + "; Provision / Retry resumes without ordering twice"
+
+
+def _lost_before_lease_message(entry: leases.InflightEntry) -> str:
+    worker = f"worker {entry.worker}" if entry.worker else "its worker"
+    return (
+        f"{worker} stopped before job {entry.job_id} took the order; nothing was sent to WHMCS; "
+        "Provision / Retry"
+    )
 
 
 def _transient(exc: ProvisioningError) -> bool:

@@ -2,7 +2,8 @@
 
 A fulfilment row is one job's attempt on an order. Its WHMCS fields are the checkpoint that makes
 the next attempt resume instead of ordering twice: `create_started_at` is written before AddOrder
-is sent, `whmcs_order_id` the moment it answers.
+is sent, `whmcs_order_id` the moment it answers. A row still `running` after its job ended (one
+that could not take the order's lease, and so could not tell the order) is the reaper's to settle.
 """
 
 from __future__ import annotations

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 
 from shared import keys
+from shared.connections import redis_unavailable
 from shared.errors import (
     BadResponse,
     ConnectionFailed,
@@ -41,7 +42,12 @@ log = logging.getLogger(__name__)
 ACTIVATING, ACTIVATED, FAILED = "Activating", "Activated", "Failed"
 PRODUCTS_TTL = 60  # seconds: a product added in WHMCS is usable within a minute (or at once,
 # since an unknown pid forces one refresh)
-LOOKUP_LIMIT = 50
+# Looking for an order an earlier attempt may have made: the client's orders a page at a time,
+# back to the day before that attempt's AddOrder (WHMCS dates are server-local, in a zone we do
+# not know: a day covers every offset), but never more than LOOKUP_MAX_ORDERS of them.
+LOOKUP_PAGE = 100
+LOOKUP_MAX_ORDERS = 1000
+LOOKUP_DATE_MARGIN = timedelta(days=1)
 DEAD_ORDER_STATUSES = ("Cancelled", "Fraud")
 
 
@@ -208,7 +214,8 @@ class ProductCatalogue:
         return self._fetch()
 
     def _cached(self) -> dict[int, dict[str, Any]] | None:
-        raw = self.redis.get(keys.WHMCS_PRODUCTS)
+        with redis_unavailable("product cache"):
+            raw = self.redis.get(keys.WHMCS_PRODUCTS)
         if raw is None:
             return None
         try:
@@ -220,7 +227,8 @@ class ProductCatalogue:
         products = self.whmcs.get_products()
         self.fetches += 1
         keep = [_product_summary(p) for p in products if isinstance(p, Mapping) and "pid" in p]
-        self.redis.set(keys.WHMCS_PRODUCTS, json.dumps(keep), ex=self.ttl)
+        with redis_unavailable("product cache"):
+            self.redis.set(keys.WHMCS_PRODUCTS, json.dumps(keep), ex=self.ttl)
         return {int(p["pid"]): p for p in keep}
 
 
@@ -328,22 +336,69 @@ def pick_existing(
 
 
 def find_existing_order(
-    whmcs: WhmcsClient, client_id: int, order_id: str, known_ids: Iterable[int]
+    whmcs: WhmcsClient,
+    client_id: int,
+    order_id: str,
+    known_ids: Iterable[int],
+    since: datetime | None = None,
 ) -> WhmcsOrder | None:
-    """Look in WHMCS (GetOrders by client, matching notes) for an order an earlier attempt made."""
+    """Look in WHMCS for an order an earlier attempt made: a recorded id first, then the client's
+    orders newest first, page by page, back to the orders placed before `since` (the earliest
+    AddOrder that may have made it), matching the tag in the notes."""
     known = sorted(set(known_ids))
-    found, duplicates = pick_existing(
-        whmcs.get_orders(client_id=client_id, limit=LOOKUP_LIMIT), order_id, known
-    )
-    if found is None and known:
-        # Older than the newest LOOKUP_LIMIT orders of a busy client: ask for it by id.
-        found, duplicates = pick_existing(whmcs.get_orders(order_id=known[-1]), order_id, known)
+    if known:
+        recorded, _ = pick_existing(whmcs.get_orders(order_id=known[-1]), order_id, known)
+        if recorded is not None:
+            return recorded
+    seen: list[dict[str, Any]] = []
+    found: WhmcsOrder | None = None
+    duplicates: list[int] = []
+    for page in _client_orders(whmcs, client_id, since):
+        seen.extend(page)
+        found, duplicates = pick_existing(seen, order_id, known)
+        if found is not None:
+            break
     if duplicates:
         log.error(
             "Several live WHMCS orders carry this Salesforce order; using the first",
             extra={"whmcs_order_id": found.order_id if found else None, "duplicates": duplicates},
         )
     return found
+
+
+def _client_orders(
+    whmcs: WhmcsClient, client_id: int, since: datetime | None
+) -> Iterator[list[dict[str, Any]]]:
+    """The client's orders a page at a time, until `last_page` says the rest are too old."""
+    cutoff = since - LOOKUP_DATE_MARGIN if since is not None else None
+    for offset in range(0, LOOKUP_MAX_ORDERS, LOOKUP_PAGE):
+        page = whmcs.get_orders(client_id=client_id, limit=LOOKUP_PAGE, offset=offset)
+        yield page
+        if last_page(page, LOOKUP_PAGE, cutoff):
+            return
+    log.error(
+        "WHMCS order lookup stopped at its bound: an earlier order for this Salesforce order "
+        "may exist further back; check WHMCS for its SF-ORDER tag",
+        extra={"whmcs_client_id": client_id, "orders_read": LOOKUP_MAX_ORDERS},
+    )
+
+
+def last_page(page: Sequence[Mapping[str, Any]], limit: int, cutoff: datetime | None) -> bool:
+    """Whether to stop paging: the list ended, or its oldest order predates `cutoff`."""
+    if len(page) < limit:
+        return True
+    placed = whmcs_order_date(page[-1])
+    return cutoff is not None and placed is not None and placed < cutoff
+
+
+def whmcs_order_date(raw: Mapping[str, Any]) -> datetime | None:
+    """A GetOrders `date` (WHMCS server-local time, zone unknown), read as if it were UTC."""
+    try:
+        return datetime.strptime(str(raw.get("date") or ""), "%Y-%m-%d %H:%M:%S").replace(
+            tzinfo=UTC
+        )
+    except ValueError:
+        return None
 
 
 def create_order(whmcs: WhmcsClient, plan: Plan, gateway: str, notes: str) -> WhmcsOrder:
