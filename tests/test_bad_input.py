@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rq.job import Job
@@ -45,6 +43,7 @@ from subscriber.heartbeat import Heartbeat
 from subscriber.intake import Intake
 from subscriber.replay import ReplayStore
 from subscriber.stream import Stream
+from tests.fixtures.infra import write_private_key
 from tests.worker_support import enqueue, event_from, tuned, wait_until, work
 from worker import jobs, orchestrator, steps
 
@@ -138,17 +137,7 @@ def scripted(tmp_path_factory) -> Iterator[tuple[Scripted, str]]:
 
 @pytest.fixture(scope="module")
 def key_path(tmp_path_factory) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path = tmp_path_factory.mktemp("key") / "sf.key"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    return path
+    return write_private_key(tmp_path_factory.mktemp("key") / "sf.key")
 
 
 def token_reply(base_url: str) -> Response:

@@ -7,26 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.config import DEFAULT_CHANNEL, VARIABLES, load_settings
 from shared.errors import ConfigError
+from tests.fixtures.infra import write_private_key
 
 
 @pytest.fixture
 def key_file(tmp_path):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path = tmp_path / "sf.key"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    return path
+    return write_private_key(tmp_path / "sf.key")
 
 
 @pytest.fixture
