@@ -130,3 +130,11 @@ def short_message(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 def _utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+def transient(exc: BaseException) -> bool:
+    """True when the same call may well succeed later: timeouts, lost connections, garbled
+    replies and the HTTP statuses of an overloaded or restarting server. Never auth failures."""
+    if isinstance(exc, UpstreamTimeout | ConnectionFailed | BadResponse):
+        return True
+    return isinstance(exc, HttpStatusError) and (exc.status or 0) in (429, 500, 502, 503, 504)

@@ -16,7 +16,7 @@ from shared import keys
 from shared.queueing import provisioning_queue
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
-from tests.worker_support import enqueue, event_from, failed_job_ids
+from tests.worker_support import enqueue, event_from, failed_job_ids, latest, work
 from worker import lease as leases
 from worker import reaper
 from worker.records import Attempt, Records
@@ -323,3 +323,25 @@ ROW = Attempt(1, "801", "evt-1", 1, "running", "validation", error_code="EREDIS"
 def test_how_the_reaper_closes_the_attempt(attempt, state, lease_taken, status, code):
     values = reaper.closing_values("evt-1", attempt, state, "WORKER_LOST", "lost", lease_taken)
     assert (values["status"], values.get("error_code")) == (status, code)
+
+
+def test_a_failure_salesforce_did_not_take_is_delivered_by_the_reaper(
+    approved, job_sweeper, redis_conn, sqlite_engine, sandbox_admin, app_settings
+):
+    """WHMCS answers 503, then Salesforce answers 503 to the Failed PATCH: the order must not
+    stay Activating. The job leaves its code to the reaper, which delivers it later."""
+    order_id, event = approved
+    sandbox_admin.add_fault("whmcs.AddOrder", "status", 1, status=503)
+    sandbox_admin.add_fault("sf.patch", "status", 1, status=503)
+    enqueue(redis_conn, app_settings, event)
+    work(app_settings)
+    assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
+    attempt, _steps = latest(sqlite_engine, order_id)
+    assert (attempt.status, attempt.error_code) == ("running", "503")
+
+    assert job_sweeper.run_once(now=time.time() + LATER) == [order_id]
+
+    stored = sandbox_admin.order(order_id)
+    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == ("Failed", "503")
+    assert latest(sqlite_engine, order_id)[0].status == "failed"
+    assert sandbox_admin.whmcs_orders()["orders"] == []

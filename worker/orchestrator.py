@@ -35,6 +35,7 @@ from shared.errors import (
     RedisUnavailable,
     WorkerLost,
     short_message,
+    transient,
 )
 from shared.logs import bind
 from shared.salesforce import SalesforceClient
@@ -58,6 +59,10 @@ STEPS = (
 # An AddOrder sent less than this long ago (write timeout + margin) may still be running in
 # WHMCS: an attempt that cannot find its order yet refuses to order again.
 UNKNOWN_CREATE_MARGIN = timedelta(seconds=30)
+
+
+def _retry_later(exc: Exception) -> bool:
+    return isinstance(exc, redis.RedisError) or transient(exc)
 
 
 def _utcnow() -> datetime:
@@ -325,7 +330,16 @@ class Run:
         message = short_message(_message(exc), self.s.settings.secrets())
         status = FAILED
         if self._may_mark_failed(exc):
-            message = self._mark_failed(code, message)
+            undelivered = self._mark_failed(code, message)
+            if undelivered is not None and _retry_later(undelivered):
+                # Salesforce did not take the Failed status (down, timing out). The attempt stays
+                # `running` with its code and the reaper delivers it once Salesforce answers
+                # (worker/reaper.py), so the order is not left Activating.
+                status = RUNNING
+            elif undelivered is not None:
+                message = short_message(
+                    f"{message} [Salesforce not updated: {error_code(undelivered)}]"
+                )
         elif self.order_id and self.lease is None:
             # Taking the lease itself failed (Redis): whether the order was ours to touch is
             # unknown, so it may stay Activating. The attempt stays `running`, with its code:
@@ -351,17 +365,17 @@ class Run:
             earlier = []
         return not any(a.status == ACTIVATED for a in earlier)
 
-    def _mark_failed(self, code: str, message: str) -> str:
+    def _mark_failed(self, code: str, message: str) -> Exception | None:
+        """PATCH the order Failed; None when Salesforce took it, else why it did not."""
         try:
             steps.sf_failure_update(self.s.salesforce, self.order_id, code, message)
-            return message
+            return None
         except (ProvisioningError, redis.RedisError) as exc:  # Redis: the shared token cache
-            update_code = error_code(exc)
             log.error(
                 "Could not mark the order Failed in Salesforce",
-                extra={"error_code": code, "update_error_code": update_code},
+                extra={"error_code": code, "update_error_code": error_code(exc)},
             )
-            return short_message(f"{message} [Salesforce not updated: {update_code}]")
+            return exc
 
     def _finish_record(self, **values: Any) -> None:
         try:

@@ -45,13 +45,10 @@ from rq.serializers import JSONSerializer
 
 from shared import keys, queueing
 from shared.errors import (
-    BadResponse,
-    ConnectionFailed,
-    HttpStatusError,
     ProvisioningError,
-    UpstreamTimeout,
     WorkerLost,
     short_message,
+    transient,
 )
 from shared.salesforce import SalesforceClient
 from shared.sfid import is_valid_id, to18
@@ -263,7 +260,7 @@ class Reaper:
         try:
             state = self._mark_failed(order_id, code, message)
         except ProvisioningError as exc:
-            if _transient(exc):
+            if transient(exc):
                 log.warning(
                     "Reaper could not update Salesforce; will retry",
                     extra={"order_id": order_id, "error_code": exc.code},
@@ -274,8 +271,11 @@ class Reaper:
         values = closing_values(entry.job_id, attempt, state, code, message, not before_lease)
         self._record(order_id, entry, attempt, values)
         self._fail_rq_job(entry, f"{code}: {message}")
+        # WORKER_LOST: the job died. Any other code: the job's own failure, which Salesforce or
+        # Redis did not take at the time, delivered now.
+        lost = code == WorkerLost.code
         log.error(
-            "Abandoned job reaped",
+            "Abandoned job reaped" if lost else "Job failure delivered to Salesforce by the reaper",
             extra={
                 "order_id": order_id,
                 "job_id": entry.job_id,
@@ -410,9 +410,3 @@ def _lost_before_lease_message(entry: leases.InflightEntry) -> str:
         f"{worker} stopped before job {entry.job_id} took the order; nothing was sent to WHMCS; "
         "Provision / Retry"
     )
-
-
-def _transient(exc: ProvisioningError) -> bool:
-    if isinstance(exc, UpstreamTimeout | ConnectionFailed | BadResponse):
-        return True
-    return isinstance(exc, HttpStatusError) and (exc.status or 0) in (429, 500, 502, 503, 504)
