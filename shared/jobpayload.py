@@ -39,7 +39,7 @@ def job_id_for(event_uuid: str | None, replay_id: object) -> str:
 def reconciled_job_id(order_id: str, approved_at: str) -> str:
     """One job id per order and approval: the Order's LastModifiedDate does not move while it
     sits Activating with nothing working on it, so two sweeps name the same job."""
-    stamp = "".join(c for c in approved_at if c.isascii() and c.isdigit())[:20]
+    stamp = "".join(c for c in approved_at if c.isascii() and c.isdigit())[:24]
     return f"rec-{order_id}-{stamp}"
 
 
