@@ -373,9 +373,10 @@ def reconciler_verdict(
     """Is one reconciler sweeping, and are orders Activating for longer than they should be?"""
     last = probes.as_float(state.get("last_sweep_at"))
     if last is None or now - last > 3 * interval + 60:
+        when = "recorded" if last is None else f"since {_ago(now - last)}"
         return failed(
-            f"no reconciler sweep {_ago(None if last is None else now - last)} (every "
-            f"{interval:g} s expected): orders whose event never came stay Activating",
+            f"no reconciler sweep {when} (one every {interval:g} s expected): orders whose "
+            "event never came stay Activating",
             FIX_RECONCILER,
         )
     overdue = probes.as_int(state.get("overdue")) or 0
@@ -388,7 +389,7 @@ def reconciler_verdict(
         more = " or more" if state.get("truncated") == "1" else ""
         return failed(
             f"{overdue}{more} orders Activating for longer than RECONCILE_AFTER={after:g} s; "
-            f"the oldest since {_ago(None if since is None else now - since)} ({swept})",
+            f"the oldest last modified {_ago(None if since is None else now - since)} ({swept})",
             FIX_OVERDUE,
         )
     return passed(f"no order Activating for longer than {after:g} s ({swept})")
