@@ -37,7 +37,7 @@ def test_the_query_is_one_soql_for_overdue_activating_orders_oldest_first():
 
 @pytest.mark.parametrize(
     ("now", "last", "interval", "due"),
-    [(100.0, None, 60, True), (100.0, 50.0, 60, False), (110.0, 50.0, 60, True)],
+    [(100.0, 50.0, 60, False), (110.0, 50.0, 60, True), (111.0, 50.0, 60, True)],
 )
 def test_is_due(now, last, interval, due):
     assert reconciler.is_due(now, last, interval) is due
@@ -85,6 +85,8 @@ def test_the_lock_outlives_a_sweep_stuck_on_its_query():
 
 @pytest.fixture
 def make_reconciler(app_settings, redis_conn):
+    """Reconcilers as in a running system: a sweep on record, long ago, so the next is due."""
+    redis_conn.hset(keys.RECONCILER_STATE, "last_sweep_at", "0")
     built = []
 
     def make(holder: str = "test") -> Reconciler:

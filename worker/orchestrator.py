@@ -409,7 +409,8 @@ class Run:
             try:
                 yield note
             except BaseException as exc:
-                self._record_step(name, "failed", started, _message(exc)[:200], error_code(exc))
+                detail = short_message(_message(exc), self.s.settings.secrets())[:200]
+                self._record_step(name, "failed", started, detail, error_code(exc))
                 raise
             self._record_step(name, note.outcome, started, note.detail, "", **note.fields)
 

@@ -76,9 +76,9 @@ def lock_ttl(interval: float, query_timeout: float) -> float:
     return max(interval, POLL * 3) + query_timeout
 
 
-def is_due(now: float, last_sweep: float | None, interval: float) -> bool:
+def is_due(now: float, last_sweep: float, interval: float) -> bool:
     """A sweep is due `interval` after the last one, whichever process ran it."""
-    return last_sweep is None or now - last_sweep >= interval
+    return now - last_sweep >= interval
 
 
 def normalise(order_id: Any) -> str | None:
@@ -158,6 +158,7 @@ class Reconciler:
         self.poll = min(POLL, interval)
         holder = holder or f"{socket.gethostname()}.{os.getpid()}"
         self.leadership = Leadership(connection, lock_ttl(interval, query_timeout), holder)
+        self.started = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -188,7 +189,9 @@ class Reconciler:
             return None
         now = self.clock()
         last = self.redis.hget(keys.RECONCILER_STATE, "last_sweep_at")
-        if not is_due(now, float(last) if last else None, self.interval):
+        # With no sweep on record (a new deployment), the first waits one interval too: the
+        # events in flight at start-up get their chance first.
+        if not is_due(now, float(last) if last else self.started, self.interval):
             return None
         return self.sweep(now)
 
