@@ -13,6 +13,7 @@ from rq.serializers import JSONSerializer
 
 from sandbox.fixtures import standard_document
 from shared import keys, queueing
+from shared.errors import IntegrationError
 from shared.jobpayload import RECONCILER, JobPayload, reconciled_job_id
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
@@ -255,3 +256,18 @@ def test_an_approval_whose_event_never_came_is_fulfilled_by_the_reconciler_alone
         timeout=10,
     )
     assert reconciler.read_state(redis_conn)["reconciled_total"] == "1"
+
+
+def test_a_failed_query_waits_for_the_next_interval(
+    sandbox_admin, redis_conn, app_settings, make_reconciler
+):
+    """Salesforce down: the sweep fails (the loop logs it), and the next query is one interval
+    later, not at every turn of the loop."""
+    approved_without_event(sandbox_admin)
+    sandbox_admin.add_fault("sf.query", "status", 1, status=503)
+    sweeper = make_reconciler()
+    with pytest.raises(IntegrationError):
+        sweeper.tick()
+    before = queries(sandbox_admin)
+    assert sweeper.tick() is None
+    assert queries(sandbox_admin) == before and queued_jobs(redis_conn, app_settings) == []

@@ -45,6 +45,7 @@ from shared.sfid import is_valid_id, to18
 log = logging.getLogger(__name__)
 
 PAGE = 200  # orders per sweep; more wait for the next sweep, oldest first
+META_CHUNK = 1000  # job metas read per round trip
 POLL = 5.0  # seconds between the loop's turns (lock renewal); a sweep runs when due
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -103,6 +104,15 @@ def candidates(rows: Iterable[Mapping[str, Any]]) -> list[Candidate]:
 def orphans(found: list[Candidate], busy: set[str], waiting: set[str]) -> list[Candidate]:
     """The orders nothing is working on and no outcome waits for: they need a job."""
     return [c for c in found if c.order_id not in busy and c.order_id not in waiting]
+
+
+def _meta_order(raw: bytes | None) -> str | None:
+    """The order a job's meta names (RQ stores meta with the queue's JSON serializer)."""
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return normalise(meta.get("order_id")) if isinstance(meta, dict) else None
 
 
 def parse_sf_datetime(text: str) -> datetime | None:
@@ -220,14 +230,18 @@ class Reconciler:
         return busy | (self.orders_in_jobs() & order_ids)
 
     def orders_in_jobs(self) -> set[str]:
+        """Orders named by a queued or started job: only each job's meta is read (not its data),
+        in pipelined chunks; run only when a sweep found candidates."""
         job_ids = self.queue.get_job_ids()
         # cleanup=False: moving expired entries is RQ's and the reaper's business, not ours.
         job_ids += StartedJobRegistry(queue=self.queue).get_job_ids(cleanup=False)
         named = set()
-        for job in Job.fetch_many(job_ids, connection=self.redis, serializer=self.queue.serializer):
-            order_id = normalise((job.meta or {}).get("order_id")) if job else None
-            if order_id:
-                named.add(order_id)
+        for start in range(0, len(job_ids), META_CHUNK):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids[start : start + META_CHUNK]:
+                    pipe.hget(Job.key_for(job_id), "meta")
+                metas = pipe.execute()
+            named.update(o for o in map(_meta_order, metas) if o)
         return named
 
     def waiting(self, found: list[Candidate]) -> set[str]:
