@@ -79,6 +79,7 @@ def redis_state(conn: Any, queue_name: str, channel: str, now: float) -> dict[st
     state = probes.replay_storage(conn, queue_name, channel, now)
     state["inflight"] = conn.hlen(keys.INFLIGHT)
     state["token_mints"] = probes.as_int(conn.get(keys.SF_TOKEN_MINTS)) or 0
+    state["reconcile"] = reconcile_state(conn, channel)
     return state
 
 
@@ -140,6 +141,42 @@ def redis_metrics(state: Mapping[str, Any], queue_name: str, channel: str) -> It
         "Salesforce JWT logins.",
         {},
         state["token_mints"],
+    )
+    yield from reconcile_metrics(state["reconcile"], channel)
+
+
+def reconcile_state(conn: Any, channel: str) -> dict[str, int]:
+    """Dead-lettered events (the subscriber's) and the reconciler's counts."""
+    dead = conn.hget(keys.heartbeat_key(channel), "dead_letters")
+    total, overdue = conn.hmget(keys.RECONCILER_STATE, "reconciled_total", "overdue")
+    return {
+        "dead_letters": probes.as_int(dead) or 0,
+        "reconciled": probes.as_int(total) or 0,
+        "overdue": probes.as_int(overdue) or 0,
+    }
+
+
+def reconcile_metrics(state: Mapping[str, int], channel: str) -> Iterator[Metric]:
+    yield _family(
+        CounterMetricFamily,
+        "subscriber_dead_letters",
+        "Events that could not become jobs (sf:pe:dead:<channel>).",
+        {"channel": channel},
+        state["dead_letters"],
+    )
+    yield _family(
+        CounterMetricFamily,
+        "reconciled_orders",
+        "Orders Activating with no event or job that the reconciler gave a job.",
+        {},
+        state["reconciled"],
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "orders_activating_overdue",
+        "Orders Activating for longer than RECONCILE_AFTER at the last sweep (at most 200).",
+        {},
+        state["overdue"],
     )
 
 

@@ -17,7 +17,9 @@ from provisioner.doctor import STORE_TIMEOUT, Check, Context, Verdict, failed, p
 from shared.errors import AuthError, IntegrationError, RemoteError
 from shared.sfauth import Token
 from shared.sfid import is_valid_id, to18
+from subscriber.heartbeat import dead_letters as read_dead_letters
 from worker import mapping
+from worker.reconciler import read_state as read_reconciler
 
 # The runbook's fixes, in its words (the runbook is the contract ops already know).
 FIX_JWT = (
@@ -49,6 +51,19 @@ FIX_DATABASE = "check DATABASE_URL and that the server runs; then `provisioner d
 FIX_KEY = (
     "SF_PRIVATE_KEY_PATH must name the connected app's unencrypted PEM private key, mode 0600 "
     "(prod: /app/secrets/sf-private.key)"
+)
+FIX_DEAD_LETTERS = (
+    "each record in sf:pe:dead:<channel> holds the event's payload, the reason and its replay id; "
+    "fix the cause, then press Provision / Retry on the order (or let the reconciler give it a "
+    "job), and DEL the list once handled"
+)
+FIX_RECONCILER = (
+    "start `python -m worker` (every worker runs the reconciler; one leads); check its logs for "
+    "'Reconciler sweep failed'"
+)
+FIX_OVERDUE = (
+    "the reconciler gives each one a job every RECONCILE_INTERVAL: look for 'Reconciled order "
+    "with no event' in the worker logs, then `provisioner doctor --order <OrderId>`"
 )
 FIX_WHMCS_REACH = "check WHMCS_API_URL (ends in /includes/api.php), the network path and TLS trust"
 
@@ -322,6 +337,64 @@ def replay_verdict(
     return passed(f"{key} = {stored}{last}")
 
 
+def dead_letters(ctx: Context) -> Verdict:
+    channel = ctx.s.events.channel
+    records = read_dead_letters(ctx.redis(), channel, limit=1)
+    total = probes.as_int(probes.read_heartbeat(ctx.redis(), channel).get("dead_letters")) or 0
+    return dead_letters_verdict(records[0] if records else None, total, ctx.now, channel)
+
+
+def dead_letters_verdict(
+    newest: Mapping[str, Any] | None, total: int, now: float, channel: str
+) -> Verdict:
+    """Events that could not become jobs: a failure while the newest is within retention."""
+    if newest is None:
+        return passed(f"no dead-lettered events under sf:pe:dead:{channel} ({total} ever)")
+    at = probes.as_float(newest.get("at"))
+    seen = (
+        f"{total} events could not become jobs; newest {_ago(None if at is None else now - at)}: "
+        f"replay id {newest.get('replay_id')}, order {newest.get('order_id')}, "
+        f"reason {newest.get('reason')}"
+    )
+    if at is not None and now - at > RETENTION_SECONDS:
+        return passed(f"{seen} (older than the 72 h retention)")
+    return failed(seen, FIX_DEAD_LETTERS)
+
+
+def reconciler(ctx: Context) -> Verdict:
+    settings = ctx.s
+    state = read_reconciler(ctx.redis())
+    return reconciler_verdict(state, ctx.now, settings.reconcile_interval, settings.reconcile_after)
+
+
+def reconciler_verdict(
+    state: Mapping[str, str], now: float, interval: float, after: float
+) -> Verdict:
+    """Is one reconciler sweeping, and are orders Activating for longer than they should be?"""
+    last = probes.as_float(state.get("last_sweep_at"))
+    if last is None or now - last > 3 * interval + 60:
+        when = "recorded" if last is None else f"since {_ago(now - last)}"
+        return failed(
+            f"no reconciler sweep {when} (one every {interval:g} s expected): orders whose "
+            "event never came stay Activating",
+            FIX_RECONCILER,
+        )
+    overdue = probes.as_int(state.get("overdue")) or 0
+    swept = (
+        f"last sweep {_ago(now - last)} by {state.get('holder', '?')}, "
+        f"{state.get('reconciled_total', '0')} orders reconciled so far"
+    )
+    if overdue:
+        since = probes.as_float(state.get("oldest_activating_since"))
+        more = " or more" if state.get("truncated") == "1" else ""
+        return failed(
+            f"{overdue}{more} orders Activating for longer than RECONCILE_AFTER={after:g} s; "
+            f"the oldest last modified {_ago(None if since is None else now - since)} ({swept})",
+            FIX_OVERDUE,
+        )
+    return passed(f"no order Activating for longer than {after:g} s ({swept})")
+
+
 # --- WHMCS ----------------------------------------------------------------------------------------
 
 
@@ -485,6 +558,8 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("subscriber heartbeat", subscriber_heartbeat, groups=("events",), after=("redis",)),
     Check("replay progress", replay_progress, groups=("events",), after=("redis",)),
+    Check("dead-lettered events", dead_letters, groups=("events",), after=("redis",)),
+    Check("reconciler", reconciler, after=("redis",)),
     Check("whmcs credentials", whmcs_credentials, groups=("whmcs",)),
     # After a credential failure nothing else is sent: each refused login counts toward a ban.
     Check("whmcs api role", whmcs_role, groups=("whmcs",), after=("whmcs credentials",)),

@@ -55,16 +55,22 @@ class SandboxAdmin:
 
     # Salesforce.
 
-    def approve(self, order_id: str) -> dict[str, Any]:
-        """The approval Flow: Activating, then the platform event (returned)."""
-        return self.call("sf/approve", {"order_id": order_id})["event"]
+    def approve(self, order_id: str, *, publish: bool = True) -> dict[str, Any]:
+        """The approval Flow: Activating, then the platform event (returned). publish=False:
+        Activating only, the event never published (returns {})."""
+        body = {"order_id": order_id, "publish": publish}
+        return self.call("sf/approve", body)["event"] or {}
 
     def retry(self, order_id: str) -> dict[str, Any]:
         """The runbook's Provision / Retry: result "Already in progress" or "published"."""
         return self.call("sf/retry", {"order_id": order_id})
 
-    def publish(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return self.call("sf/publish", {"payload": payload})["event"]
+    def publish(self, payload: dict[str, Any], event_uuid: str | None = None) -> dict[str, Any]:
+        """Publish an event; `event_uuid` forces its EventUuid (malformed-event tests)."""
+        body: dict[str, Any] = {"payload": payload}
+        if event_uuid is not None:
+            body["event_uuid"] = event_uuid
+        return self.call("sf/publish", body)["event"]
 
     def order(self, order_id: str) -> dict[str, Any]:
         """The Order record as stored."""

@@ -49,8 +49,13 @@ class EventBus:
             self._version = getattr(self, "_version", 0) + 1
             self._changed.notify_all()
 
-    def publish(self, channel: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Store and return one event; wakes every long-poll waiting on the bus."""
+    def publish(
+        self, channel: str, payload: dict[str, Any], event_uuid: str | None = None
+    ) -> dict[str, Any]:
+        """Store and return one event; wakes every long-poll waiting on the bus.
+
+        `event_uuid` forces the header's EventUuid (tests of malformed events; Salesforce always
+        sends a UUID)."""
         self._check(channel)
         body = {
             "CreatedDate": self._created_date(),
@@ -62,7 +67,7 @@ class EventBus:
             event = {
                 "schema": _schema_id(channel),
                 "payload": body,
-                "event": {"replayId": self._last_id, "EventUuid": str(uuid.uuid4())},
+                "event": {"replayId": self._last_id, "EventUuid": event_uuid or str(uuid.uuid4())},
             }
             self._events[channel].append(event)
             self._version += 1

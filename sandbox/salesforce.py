@@ -399,18 +399,25 @@ class SalesforceEmulator:
 
     # --- the Flow and the platform event ------------------------------------------------------
 
-    def publish_event(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def publish_event(
+        self, payload: dict[str, Any], event_uuid: str | None = None
+    ) -> dict[str, Any]:
         body = {
             "CreatedDate": event_datetime(self.clock()),
             "CreatedById": self.user_id,
             **payload,
         }
-        return self.bus.publish(CHANNEL, body)
+        return self.bus.publish(CHANNEL, body, event_uuid=event_uuid)
 
-    def approve(self, order_id: str) -> dict[str, Any]:
-        """The approval Flow: Activation_Status__c = Activating, then the platform event."""
+    def approve(self, order_id: str, publish: bool = True) -> dict[str, Any] | None:
+        """The approval Flow: Activation_Status__c = Activating, then the platform event.
+
+        `publish=False` acts out an event that never arrives (a Flow that failed after the
+        update, a purge, a lost replay id): the order sits Activating with no event."""
         order = self._order(order_id)
         self.store.update("Order", order["Id"], {"Activation_Status__c": "Activating"})
+        if not publish:
+            return None
         return self.publish_event({"OrderId__c": order["Id"]})
 
     def retry(self, order_id: str) -> dict[str, Any]:
@@ -446,13 +453,13 @@ class SalesforceEmulator:
         return handler(body or {})
 
     def _admin_approve(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"event": self.approve(body["order_id"])}
+        return {"event": self.approve(body["order_id"], publish=body.get("publish", True))}
 
     def _admin_retry(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.retry(body["order_id"])
 
     def _admin_publish(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"event": self.publish_event(body.get("payload") or {})}
+        return {"event": self.publish_event(body.get("payload") or {}, body.get("event_uuid"))}
 
     def _admin_order(self, body: dict[str, Any]) -> dict[str, Any]:
         order = self._order(body["order_id"])

@@ -1,8 +1,11 @@
 """A small SOQL: parse the grammar of docs/design.md, check names against the schema, run it.
 
     SELECT <field | Rel.Path.Field | (SELECT ... FROM ChildRel ...)>, ...  FROM <Object>
-    [WHERE <path> (= | != | IN (...)) <literal> [AND ...]] [ORDER BY <path> [ASC|DESC], ...]
-    [LIMIT n]
+    [WHERE <path> (= | != | < | <= | > | >= | IN (...)) <literal> [AND ...]]
+    [ORDER BY <path> [ASC|DESC], ...] [LIMIT n]
+
+Literals: 'text', numbers, true/false/null, and dateTimes as Salesforce writes them, unquoted
+(2026-04-09T18:31:40Z, with optional milliseconds and a +hh:mm offset).
 
 Errors are `SoqlError(code, message)` with Salesforce's codes and message shapes: syntax is
 MALFORMED_QUERY, an unknown field or parent relationship INVALID_FIELD, an unknown object or
@@ -15,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sandbox.sfschema import Field, SObject, sobject
@@ -60,7 +64,7 @@ class Path:
 @dataclass(frozen=True)
 class Condition:
     path: Path
-    op: str  # "=", "!=", "IN"
+    op: str  # "=", "!=", "<", "<=", ">", ">=", "IN"
     values: tuple[Literal, ...]
 
 
@@ -76,9 +80,10 @@ class Query:
 _TOKENS = re.compile(
     r"""(?P<ws>\s+)
     |(?P<string>'(?:[^'\\]|\\.)*')
+    |(?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?(?:Z|[+-]\d{2}:\d{2}))
     |(?P<number>[-+]?\d+(?:\.\d+)?(?![\w.]))
     |(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)
-    |(?P<op>!=|=|,|\(|\))""",
+    |(?P<op>!=|<=|>=|=|<|>|,|\(|\))""",
     re.X | re.S,
 )
 _ESCAPES = {
@@ -149,6 +154,15 @@ def malformed(text: str, pos: int, token: str) -> SoqlError:
 
 _CLAUSE_WORDS = ("SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "ORDER", "BY", "ASC", "DESC")
 _RESERVED = frozenset((*_CLAUSE_WORDS, "LIMIT", "NULL", "TRUE", "FALSE"))
+_COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
+
+
+def parse_datetime(text: str) -> datetime:
+    """A SOQL dateTime literal or a stored REST value (`+0000` offsets) as an aware datetime."""
+    text = text.replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", text):
+        text = text[:-2] + ":" + text[-2:]
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 class _Parser:
@@ -232,7 +246,7 @@ class _Parser:
                 values.append(self.literal())
             self.expect_op(")")
             return Condition(path, "IN", tuple(values))
-        if self.token.kind != "op" or self.token.text not in ("=", "!="):
+        if self.token.kind != "op" or self.token.text not in _COMPARISONS:
             raise self.fail()
         op = self.next().text
         return Condition(path, op, (self.literal(),))
@@ -244,6 +258,8 @@ class _Parser:
             return Literal("string", unquote(self.text, token), token.pos)
         if token.kind == "number":
             return Literal("number", float(token.text), token.pos)
+        if token.kind == "datetime":
+            return Literal("datetime", parse_datetime(token.text), token.pos)
         if token.kind == "name" and word in ("true", "false"):
             return Literal("boolean", word == "true", token.pos)
         if token.kind == "name" and word == "null":
@@ -401,12 +417,24 @@ def comparable(field: Field, value: Any) -> Any:
         return str(value).casefold()
     if field.type in ("double", "currency", "int"):
         return float(value)
+    if field.type == "datetime" and isinstance(value, str):
+        return parse_datetime(value)
     return value
+
+
+_ORDER = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
 
 
 def _matches(op: str, actual: Any, wanted: list[Any]) -> bool:
     if op == "!=":
         return actual != wanted[0]
+    if op in _ORDER:  # null is neither before nor after anything
+        return actual is not None and wanted[0] is not None and _ORDER[op](actual, wanted[0])
     return actual in wanted
 
 

@@ -66,6 +66,20 @@ VARIABLES: tuple[Var, ...] = (
         "Seconds a dead worker's order lease lasts before the reaper fails the order.",
         "30",
     ),
+    Var(
+        "RECONCILE_INTERVAL",
+        "core",
+        "60",
+        "Seconds between the reconciler's sweeps (one SOQL query each, whole system).",
+        "60",
+    ),
+    Var(
+        "RECONCILE_AFTER",
+        "core",
+        "300",
+        "Seconds an order may sit Activating before the reconciler gives it a job.",
+        "300",
+    ),
     Var("HTTP_CONNECT_TIMEOUT", "core", "5", "Connect timeout of every HTTP call, seconds.", "5"),
     Var(
         "SF_LOGIN_URL",
@@ -240,6 +254,8 @@ class Settings:
     whmcs: WhmcsSettings
     warnings: tuple[str, ...] = ()
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    reconcile_interval: float = 60.0
+    reconcile_after: float = 300.0
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line, an error field or a reply."""
@@ -338,6 +354,8 @@ def _build(r: _Reader) -> Settings:
             username=r.raw("RQ_DASHBOARD_USERNAME"),
             password=r.raw("RQ_DASHBOARD_PASSWORD"),
         ),
+        reconcile_interval=r.parse("RECONCILE_INTERVAL", _positive_float, 60.0),
+        reconcile_after=r.parse("RECONCILE_AFTER", _positive_float, 300.0),
     )
 
 

@@ -10,6 +10,8 @@ LEADER_PREFIX = "sf:pe:leader:"  # sf:pe:leader:<channel> -> holder id, TTL rene
 HEARTBEAT_PREFIX = "sf:pe:heartbeat:"  # hash, see subscriber/heartbeat.py
 GAPS_PREFIX = "sf:pe:gaps:"  # list of JSON records of invalid-replay fallbacks, newest first
 GAPS_KEEP = 50
+DEAD_PREFIX = "sf:pe:dead:"  # list of JSON records of events that cannot become jobs, newest 1st
+DEAD_LETTERS_KEEP = 1000
 
 # Salesforce token shared by every process.
 SF_TOKEN = "sf:auth:token"  # hash: access_token, instance_url, minted_at
@@ -20,6 +22,12 @@ SF_TOKEN_MINTS = "sf:auth:mints"  # counter, for doctor and metrics
 ORDER_LOCK_PREFIX = "prov:lock:order:"  # prov:lock:order:<OrderId> -> token, TTL = ORDER_LOCK_TTL
 INFLIGHT = "prov:inflight"  # hash OrderId -> JSON {job_id, token, started_at, worker}
 WHMCS_PRODUCTS = "whmcs:products"  # cached GetProducts answer (JSON), short TTL
+OUTBOX = "prov:outbox"  # hash OrderId -> a terminal outcome Salesforce has not taken yet
+
+# Reconciliation (worker/reconciler.py).
+RECONCILER_LEADER = "prov:reconciler:leader"  # holder id, TTL renewed: one sweeper system-wide
+RECONCILER_STATE = "prov:reconciler"  # hash: last sweep, counts, oldest Activating order
+RECONCILED_PREFIX = "prov:reconciled:"  # prov:reconciled:<job id> -> when; one job per approval
 
 
 def replay_key(channel: str) -> str:
@@ -40,6 +48,14 @@ def heartbeat_key(channel: str) -> str:
 
 def gaps_key(channel: str) -> str:
     return GAPS_PREFIX + channel
+
+
+def dead_letters_key(channel: str) -> str:
+    return DEAD_PREFIX + channel
+
+
+def reconciled_key(job_id: str) -> str:
+    return RECONCILED_PREFIX + job_id
 
 
 def order_lock_key(order_id: str) -> str:

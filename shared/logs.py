@@ -1,4 +1,4 @@
-"""JSON logging on stdout, context bound per event or job, secrets scrubbed from every line.
+"""JSON logging on stdout, context bound per event or job, secrets scrubbed from every value.
 
 `configure_logging()` runs once per process, before RQ starts (RQ then adds no handlers of its own).
 `bind(order_id=..., step=...)` adds fields to every line logged inside the `with` block.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -45,10 +46,33 @@ def register_secrets(values: Iterable[str]) -> None:
             _secrets.append(value)
 
 
-def scrub(text: str) -> str:
-    for secret in _secrets:
-        text = text.replace(secret, REDACTED)
+def scrub(text: str, extra: Iterable[str] = ()) -> str:
+    """`text` with every registered secret (and every one of `extra`) replaced by ***."""
+    for secret in (*_secrets, *extra):
+        if secret:
+            text = text.replace(secret, REDACTED)
     return text
+
+
+_PLAIN = (bool, int, float, type(None), datetime.date, datetime.time)
+
+
+def scrub_value(value: Any) -> Any:
+    """A log field with secrets removed from every string in it, keys included.
+
+    Done on the values, before JSON encoding: once encoded, a secret holding a quote, a
+    backslash or a non-ASCII character is escaped (\\" \\\\ \\u00e9) and no longer matches.
+    Any other object is turned into its text here, as the encoder would, so it is scrubbed too.
+    """
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict):
+        return {scrub_value(k): scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub_value(v) for v in value]
+    return scrub(str(value))
 
 
 class _ContextFilter(logging.Filter):
@@ -60,7 +84,11 @@ class _ContextFilter(logging.Filter):
 
 
 class _ScrubbingFormatter(JsonFormatter):
-    """Formats to JSON, then removes secrets from the finished line, wherever they hide."""
+    """Removes secrets from every value (message and traceback included) before encoding, then
+    from the finished line too, in case one hides in a place no value covers."""
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {scrub_value(k): scrub_value(v) for k, v in log_data.items()}
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))

@@ -4,7 +4,8 @@ Written by the active subscriber, read by the health app, metrics, `provisioner 
 `provisioner replay show`. Times are epoch seconds as strings. Fields:
 state (starting | connecting | connected | backoff | standby | disabled | stopped), holder,
 updated_at, last_connect_at, last_event_at, last_replay_id, advised_timeout, replay_fallbacks,
-last_fallback_at, events_enqueued, duplicates.
+last_fallback_at, events_enqueued, duplicates, dead_letters (events that could not become jobs;
+the records are in `sf:pe:dead:<channel>`, see subscriber/intake.py).
 """
 
 from __future__ import annotations
@@ -88,8 +89,17 @@ def read(connection: redis.Redis, channel: str) -> dict[str, str]:
 
 def gaps(connection: redis.Redis, channel: str) -> list[dict[str, Any]]:
     """Recorded invalid-replay fallbacks, newest first."""
+    return _records(connection, keys.gaps_key(channel))
+
+
+def dead_letters(connection: redis.Redis, channel: str, limit: int = -1) -> list[dict[str, Any]]:
+    """Events that could not become jobs, newest first (payload, reason, replay id)."""
+    return _records(connection, keys.dead_letters_key(channel), limit)
+
+
+def _records(connection: redis.Redis, key: str, limit: int = -1) -> list[dict[str, Any]]:
     out = []
-    for raw in connection.lrange(keys.gaps_key(channel), 0, -1):
+    for raw in connection.lrange(key, 0, limit if limit < 0 else limit - 1):
         try:
             out.append(json.loads(raw))
         except ValueError:

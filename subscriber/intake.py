@@ -7,10 +7,15 @@ sets the dedupe key, and only then the replay id. A crash at any instant leaves 
 the replay id never moves ahead of the queue, and a redelivered event never becomes a second job.
 RQ's own job-id reuse is not a dedupe (it overwrites the hash and queues the id again), and
 `unique=True` cannot share a transaction with our keys (it ignores the pipeline).
+
+No event can stop intake: one that cannot become a job (whatever it holds) is recorded in the
+dead-letter list `sf:pe:dead:<channel>` (payload, reason, replay id; bounded), counted in the
+heartbeat's `dead_letters`, and the replay id moves past it in the same atomic step.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +26,8 @@ import redis
 from rq import Queue
 
 from shared import keys, queueing
-from shared.logs import bind
+from shared.jobpayload import JobPayload
+from shared.logs import bind, scrub
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,21 @@ if seen then return {0, seen} end
 return {1, ARGV[2]}
 """
 
-MAX_ORDER_ID = 100  # a malformed OrderId__c is passed on (the worker refuses it), but short
-MAX_UUID = 100
+# Records an event that cannot become a job and moves the replay id past it, fenced like the
+# accept script. KEYS: leader key ('' = no fence), dead-letter list, replay key, heartbeat.
+# ARGV: lock value, record (JSON), keep, replay id ('' = none), now.
+DEAD_LETTER_SCRIPT = """
+if ARGV[1] ~= '' and redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('lpush', KEYS[2], ARGV[2])
+redis.call('ltrim', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+if ARGV[4] ~= '' then
+  redis.call('set', KEYS[3], ARGV[4])
+  redis.pcall('hset', KEYS[4], 'last_replay_id', ARGV[4], 'last_event_at', ARGV[5])
+end
+redis.pcall('hincrby', KEYS[4], 'dead_letters', 1)
+return 1
+"""
+DEAD_PAYLOAD_CHARS = 4000
 
 
 class NotLeader(Exception):
@@ -68,55 +87,43 @@ class Accepted:
     job_id: str
     duplicate: bool
     event: dict[str, Any]
+    dead_letter: bool = False
 
 
 def job_event(channel: str, data: Any) -> dict[str, Any]:
     """The job's argument (docs/design.md "The job") from a CometD event's `data`."""
-    data = data if isinstance(data, dict) else {}
-    payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
-    header = data.get("event") if isinstance(data.get("event"), dict) else {}
-    order_id = payload.get("OrderId__c")
-    if isinstance(order_id, str):
-        order_id = _utf8(order_id[:MAX_ORDER_ID])
-    event_uuid = header.get("EventUuid")
-    replay_id = header.get("replayId")
-    published_at = payload.get("CreatedDate")
-    return {
-        "order_id": order_id,
-        "event_uuid": _utf8(str(event_uuid)[:MAX_UUID]) if event_uuid else None,
-        "replay_id": replay_id if _is_int(replay_id) else None,
-        "published_at": _utf8(published_at) if isinstance(published_at, str) else published_at,
-        "channel": channel,
-    }
-
-
-def _utf8(text: str) -> str:
-    """`text` with lone surrogates (a JSON escape such as \\udc80 decodes to one) made "?": they
-    cannot be encoded for Redis, and an event that cannot be enqueued would stall the stream."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return JobPayload.from_event(channel, data).to_payload()
 
 
 def job_meta(event: dict[str, Any]) -> dict[str, Any]:
     """What rq-dashboard shows next to the job, and what ops search for."""
-    return {
-        "order_id": event["order_id"],
-        "event_uuid": event["event_uuid"],
-        "replay_id": event["replay_id"],
-        "event_time": event["published_at"],
-    }
+    return JobPayload.from_payload(event).meta()
 
 
 def job_description(event: dict[str, Any]) -> str:
-    order = str(event["order_id"])[:40]
-    return (
-        f"Provision Order {order} (event {event['event_uuid']}, replay {event['replay_id']}, "
-        f"published {event['published_at']})"
-    )
+    return JobPayload.from_payload(event).description()
 
 
-def dedupe_id(event: dict[str, Any], job_id: str) -> str:
-    """EventUuid when there is one, else the job id (itself from the replay id if possible)."""
-    return event["event_uuid"] or job_id
+def dead_letter_record(
+    channel: str, data: Any, payload: JobPayload, reason: str, now: float
+) -> dict[str, Any]:
+    """What ops need to replay an event by hand: its data (bounded), why, and where it was."""
+    return {
+        "at": f"{now:.3f}",
+        "channel": channel,
+        "replay_id": payload.replay_id,
+        "event_uuid": payload.event_uuid,
+        "order_id": payload.order_id if isinstance(payload.order_id, str) else None,
+        "reason": scrub(reason)[:300],
+        "payload": scrub(_dump(data))[:DEAD_PAYLOAD_CHARS],
+    }
+
+
+def _dump(data: Any) -> str:
+    try:
+        return json.dumps(data, default=repr)
+    except (ValueError, RecursionError) as exc:  # the record must be written whatever the data
+        return f"<not JSON: {type(exc).__name__}>"
 
 
 def _flatten(commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -126,10 +133,6 @@ def _flatten(commands: list[tuple[Any, ...]]) -> list[Any]:
         flat.append(len(command))
         flat.extend(command)
     return flat
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Intake:
@@ -151,19 +154,30 @@ class Intake:
         self.clock = clock
         self.replay_key = keys.replay_key(channel)
         self.heartbeat_key = keys.heartbeat_key(channel)
+        self.dead_key = keys.dead_letters_key(channel)
         self._accept_script = connection.register_script(ACCEPT_SCRIPT)
+        self._dead_script = connection.register_script(DEAD_LETTER_SCRIPT)
 
     def accept(self, data: Any) -> Accepted:
-        """Enqueue the event's job unless it was seen before; advance the replay id either way."""
-        event = job_event(self.channel, data)
-        job_id = queueing.job_id_for(event["event_uuid"], event["replay_id"])
+        """Enqueue the event's job unless it was seen before; advance the replay id either way.
+
+        An event that cannot become a job is dead-lettered and the stream moves on: no event
+        can stop intake. A Redis error or a lost lock raise (the event comes again).
+        """
+        payload = JobPayload.from_event(self.channel, data)
+        event = payload.to_payload()
         with bind(
             order_id=event["order_id"] if isinstance(event["order_id"], str) else None,
             event_uuid=event["event_uuid"],
             replay_id=event["replay_id"],
             channel=self.channel,
         ):
-            accepted = self._commit(event, job_id)
+            try:
+                job_id = payload.job_id()
+                writes = self._writes(payload, job_id)
+            except Exception as exc:  # whatever this event holds, the next one must get through
+                return self._dead_letter(data, payload, f"{type(exc).__name__}: {exc}")
+            accepted = self._commit(payload, job_id, writes)
             fields = {
                 "order_id": event["order_id"],
                 "event_uuid": event["event_uuid"],
@@ -176,18 +190,28 @@ class Intake:
                 log.info("Platform Event enqueued for provisioning", extra=fields)
         return accepted
 
-    def _commit(self, event: dict[str, Any], job_id: str) -> Accepted:
-        seen_key = keys.seen_key(dedupe_id(event, job_id))
-        fence_key, fence_value = self.fence or (seen_key, b"")
+    def _writes(self, payload: JobPayload, job_id: str) -> list[Any]:
+        """The accept script's command groups, flat; building them is where an event that
+        cannot become a job fails (RQ refuses the id or cannot serialise the arguments)."""
         groups = (
-            self._recorded_enqueue(event, job_id, seen_key),
-            *self._replay_writes(event),
+            self._recorded_enqueue(payload, job_id, self._seen_key(payload, job_id)),
+            *self._replay_writes(payload.to_payload()),
             [("HINCRBY", self.heartbeat_key, "events_enqueued", 1)],
             [("HINCRBY", self.heartbeat_key, "duplicates", 1)],
         )
+        return [arg for group in groups for arg in _flatten(group)]
+
+    def _seen_key(self, payload: JobPayload, job_id: str) -> str:
+        return keys.seen_key(payload.dedupe_id(job_id))
+
+    def _commit(self, payload: JobPayload, job_id: str, writes: list[Any]) -> Accepted:
+        """One round trip. A Redis refusal here is the store's fault, not the event's: it is
+        raised, the session restarts and the event comes again (never dead-lettered)."""
+        event = payload.to_payload()
+        seen_key = self._seen_key(payload, job_id)
+        fence_key, fence_value = self.fence or (seen_key, b"")
         status, found = self._accept_script(
-            keys=[seen_key, fence_key],
-            args=[fence_value, job_id, *(arg for group in groups for arg in _flatten(group))],
+            keys=[seen_key, fence_key], args=[fence_value, job_id, *writes]
         )
         if status == -1:
             raise NotLeader("the leader lock is no longer ours")
@@ -195,12 +219,28 @@ class Intake:
             return Accepted(found.decode(errors="replace"), True, event)
         return Accepted(job_id, False, event)
 
+    def _dead_letter(self, data: Any, payload: JobPayload, reason: str) -> Accepted:
+        record = dead_letter_record(self.channel, data, payload, reason, self.clock())
+        fence_key, fence_value = self.fence or ("", b"")
+        replay_id = "" if payload.replay_id is None else str(payload.replay_id)
+        status = self._dead_script(
+            keys=[fence_key, self.dead_key, self.replay_key, self.heartbeat_key],
+            args=[fence_value, json.dumps(record), keys.DEAD_LETTERS_KEEP, replay_id, record["at"]],
+        )
+        if status == -1:
+            raise NotLeader("the leader lock is no longer ours")
+        log.error(
+            "Platform event dead-lettered: it cannot become a job",
+            extra={"reason": record["reason"], "dead_letter_key": self.dead_key},
+        )
+        return Accepted("", False, payload.to_payload(), dead_letter=True)
+
     def _recorded_enqueue(
-        self, event: dict[str, Any], job_id: str, seen_key: str
+        self, payload: JobPayload, job_id: str, seen_key: str
     ) -> list[tuple[Any, ...]]:
         """Exactly the writes RQ's enqueue would make, captured from a pipeline never executed."""
         recorder = self.redis.pipeline(transaction=False)
-        self._enqueue(recorder, event, job_id)
+        queueing.enqueue_job(self.queue, payload, job_id, self.job_timeout, pipeline=recorder)
         recorder.set(seen_key, job_id, ex=keys.SEEN_TTL_SECONDS)
         commands = [args for args, _options in recorder.command_stack]
         recorder.reset()
@@ -215,17 +255,3 @@ class Intake:
         return [("SET", self.replay_key, replay_id)], [
             (*heartbeat, "last_event_at", f"{self.clock():.3f}")
         ]
-
-    def _enqueue(self, pipe: Any, event: dict[str, Any], job_id: str) -> None:
-        self.queue.enqueue_call(
-            queueing.JOB_PATH,
-            args=(event,),
-            job_id=job_id,
-            timeout=self.job_timeout,
-            result_ttl=queueing.RESULT_TTL,
-            failure_ttl=queueing.FAILURE_TTL,
-            description=job_description(event),
-            meta=job_meta(event),
-            retry=None,  # a failed fulfilment ends as a Failed order, never a silent re-run
-            pipeline=pipe,
-        )

@@ -37,8 +37,11 @@ def start_position(mode: str, stored: int | None, first_subscription: bool) -> i
 
 
 def fallback_position(mode: str) -> int:
-    """Where to go when Salesforce refuses the stored id as outside its retention."""
-    return EARLIEST if mode == "ALL" else TIP
+    """Where to go when Salesforce refuses the stored id as outside its retention: every event
+    it still retains, whatever the mode. Events after the stored id may be among them; from the
+    tip they would be skipped for good. The EventUuid dedupe and the worker's guard make the
+    replay of events already handled safe."""
+    return EARLIEST
 
 
 def is_invalid_replay_error(error: str) -> bool:

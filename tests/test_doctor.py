@@ -36,12 +36,15 @@ def beat(redis_conn, *, ago: float = 0.0, advised: float = 1.0) -> Heartbeat:
     """The subscriber's own heartbeat writer, as of `ago` seconds in the past."""
     heartbeat = Heartbeat(redis_conn, DEFAULT_CHANNEL, "host:42", clock=lambda: time.time() - ago)
     heartbeat.connected(advised_timeout=advised)
+    # ...and a recent reconciler sweep, as a running worker would have left.
+    redis_conn.hset(keys.RECONCILER_STATE, mapping={"last_sweep_at": time.time(), "overdue": 0})
     return heartbeat
 
 
 @pytest.fixture
 def healthy(world, redis_conn) -> dict:
-    """A world the doctor should pass: fixtures loaded, a live subscriber heartbeat."""
+    """A world the doctor should pass: fixtures loaded, a live subscriber heartbeat, a recent
+    reconciler sweep."""
     beat(redis_conn)
     return world
 
@@ -64,6 +67,58 @@ def test_every_check_passes_on_a_healthy_sandbox(app_settings, healthy):
     assert list(results) == ALL
     assert "all 2 active products" in results["product mapping"].detail
     assert "AcceptOrder" in results["whmcs api role"].detail
+
+
+# --- dead letters and the reconciler --------------------------------------------------------------
+
+
+def test_a_dead_lettered_event_fails_its_check_with_what_ops_need(
+    app_settings, healthy, redis_conn
+):
+    queue = provisioning_queue(redis_conn, app_settings.queue_name, 60)
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    data = {"event": {"replayId": 77, "EventUuid": "u-77"}, "payload": {"CreatedDate": nested}}
+    assert (
+        intake.Intake(redis_conn, queue, DEFAULT_CHANNEL, job_timeout=60).accept(data).dead_letter
+    )
+    results = diagnose(app_settings, [CHECK["redis"], CHECK["dead-lettered events"]])
+    detail = failures(results)["dead-lettered events"]
+    assert "1 events could not become jobs" in detail and "replay id 77" in detail
+    assert "RecursionError" in detail
+    assert "sf:pe:dead:" in results["dead-lettered events"].fix
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("state", "ok", "fragment"),
+    [
+        ({}, False, "no reconciler sweep recorded"),
+        ({"last_sweep_at": str(NOW - 1000)}, False, "no reconciler sweep since 17 min ago"),
+        ({"last_sweep_at": str(NOW - 30), "overdue": "0"}, True, "no order Activating"),
+        (
+            {
+                "last_sweep_at": str(NOW - 30),
+                "overdue": "3",
+                "oldest_activating_since": str(NOW - 7200),
+            },
+            False,
+            "3 orders Activating for longer than RECONCILE_AFTER=300 s; "
+            "the oldest last modified 2.0 h",
+        ),
+        (
+            {"last_sweep_at": str(NOW - 30), "overdue": "200", "truncated": "1"},
+            False,
+            "200 or more orders",
+        ),
+    ],
+)
+def test_reconciler_verdict(state, ok, fragment):
+    verdict = doctor_checks.reconciler_verdict(state, NOW, 60, 300)
+    assert verdict.ok is ok and fragment in verdict.detail
 
 
 # --- Salesforce faults ----------------------------------------------------------------------------

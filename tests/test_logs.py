@@ -54,3 +54,36 @@ def test_registered_secrets_are_scrubbed_everywhere(stream):
         log.exception("boom")
     assert "canary-SECRET-123" not in stream.getvalue()
     assert "***" in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ['pa"ss-canary-1', "back\\slash-canary-2", "n\u00f6n-ascii-canary-3", "tab\tcanary-4"],
+)
+def test_a_secret_that_json_would_escape_is_scrubbed_from_the_values(stream, secret):
+    """Scrubbing after encoding missed these: the line holds \\" \\\\ \\u00f6, not the secret."""
+    logs.register_secrets([secret])
+    log = logging.getLogger("leak")
+    log.info("said %s", secret, extra={"body": {"error": secret, secret: [secret]}})
+    try:
+        raise ValueError(f"refused: {secret}")
+    except ValueError:
+        log.exception("boom")
+    text = stream.getvalue()
+    for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        assert form not in text
+    decoded = json.dumps(lines(stream), ensure_ascii=False)
+    assert secret not in decoded
+    assert "***" in lines(stream)[0]["message"] and "***" in lines(stream)[1]["exc_info"]
+
+
+def test_objects_in_a_log_field_are_scrubbed_as_text(stream):
+    logs.register_secrets(['obj"canary-5'])
+
+    class Holder:
+        def __str__(self) -> str:
+            return 'holds obj"canary-5'
+
+    logging.getLogger("leak").info("x", extra={"thing": Holder(), "n": 3, "ok": True})
+    (line,) = lines(stream)
+    assert line["thing"] == "holds ***" and line["n"] == 3 and line["ok"] is True

@@ -190,3 +190,15 @@ def test_every_gunicorn_worker_reports_the_same_shared_numbers(
     # A change written by another process shows up in every worker's next scrape.
     record(sqlite_engine, "failed", "409", steps=[("whmcs_create", "ok", 10.0)])
     assert {counts() for _ in range(12)} == {(3.0, 3.0, 3.0)}
+
+
+def test_metrics_count_dead_letters_and_reconciled_orders(redis_conn, sqlite_engine):
+    redis_conn.hset(keys.heartbeat_key(DEFAULT_CHANNEL), "dead_letters", "4")
+    redis_conn.hset(keys.RECONCILER_STATE, mapping={"reconciled_total": "7", "overdue": "2"})
+    url = sqlite_engine.url.render_as_string(hide_password=False)
+    settings = load_settings({"REDIS_URL": TEST_REDIS_URL, "DATABASE_URL": url})
+    found = samples(scrape_text(create_app({"SETTINGS": settings}).test_client()))
+    on = {"channel": DEFAULT_CHANNEL}
+    assert value(found, "provisioning_subscriber_dead_letters_total", **on) == 4
+    assert value(found, "provisioning_reconciled_orders_total") == 7
+    assert value(found, "provisioning_orders_activating_overdue") == 2

@@ -141,6 +141,7 @@ def canary_env(canary_sandbox, canary_redis, canaries, postgres_url, postgres_en
         "RQ_DASHBOARD_ENABLED": "true",
         "RQ_DASHBOARD_USERNAME": "ops",
         "RQ_DASHBOARD_PASSWORD": canaries["dashboard password"],
+        "RECONCILE_INTERVAL": "3600",  # its query would take the sf.query fault meant for o6
     }
 
 
@@ -308,3 +309,74 @@ def test_a_reply_that_echoes_the_access_token_does_not_spread_it(
 
 def redis_client_state(conn: Any) -> bytes | None:
     return conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state")
+
+
+# --- a secret JSON would escape, echoed in Salesforce and WHMCS error bodies ----------------------
+
+
+def every_redis_value(conn: Any) -> str:
+    """Every key and value in the database, each as text and, if it is zlib (RQ's job data),
+    decompressed: what anyone with Redis access or rq-dashboard can read."""
+    texts = []
+    for key in conn.scan_iter("*"):
+        kind = conn.type(key).decode()
+        if kind == "string":
+            values = [conn.get(key)]
+        elif kind == "hash":
+            values = [b for pair in conn.hgetall(key).items() for b in pair]
+        elif kind == "list":
+            values = conn.lrange(key, 0, -1)
+        elif kind == "set":
+            values = list(conn.smembers(key))
+        elif kind == "zset":
+            values = [member for member, _ in conn.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            values = [b for _, fields in conn.xrange(key) for pair in fields.items() for b in pair]
+        else:
+            values = []
+        texts.append(key.decode(errors="replace"))
+        for value in values:
+            texts.append(value.decode(errors="replace"))
+            try:
+                texts.append(zlib.decompress(value).decode(errors="replace"))
+            except zlib.error:
+                pass
+    return "\n".join(texts)
+
+
+@pytest.mark.timeout(120)
+def test_a_secret_with_quote_backslash_and_accent_echoed_in_error_bodies_goes_nowhere(
+    sandbox_admin, app_env, app_settings, redis_conn, services, sqlite_engine
+):
+    """Issue 12: the scrubber ran on the encoded line, so \\" \\\\ \\u00e9 hid the secret, and RQ
+    stored the raw error in exc_info. The canary's hex tail is in every escaped form of it."""
+    tail = secrets.token_hex(8)
+    canary = f'CANARY"q\\b\u00e9-{tail}'
+    env = {**app_env, "WHMCS_API_ACCESS_KEY": canary}
+    refs = sandbox_admin.load(demo_document())["refs"]
+    sandbox_admin.add_fault("sf.query", "status", 1, status=400, message=f"refused {canary} now")
+    enqueue(redis_conn, app_settings, event_from(sandbox_admin.approve(refs["o1"])))
+    worker = services.start("worker", env)
+    settles(sandbox_admin, refs["o1"], ("Failed", "400"))
+    sandbox_admin.add_fault("whmcs.AddOrder", "error", 1, message=f"Product refused for {canary}")
+    enqueue(redis_conn, app_settings, event_from(sandbox_admin.approve(refs["o2"])))
+    settles(sandbox_admin, refs["o2"], ("Failed", "WHMCS_ERROR"))
+    assert worker.stop() == 0
+
+    failed = [
+        Job.fetch(i, connection=redis_conn, serializer=JSONSerializer)
+        for i in failed_job_ids(redis_conn, app_settings)
+    ]
+    assert len(failed) == 2
+    for job in failed:
+        exc = job.latest_result().exc_string
+        assert "JobFailed" in exc and "***" in exc, exc
+    assert "***" in sandbox_admin.order(refs["o2"])["Activation_Error_Message__c"]
+    outputs = {
+        "redis": every_redis_value(redis_conn),
+        "worker log": worker.text(),
+        "Salesforce orders": json.dumps(sandbox_admin.orders()),
+        "Salesforce updates": json.dumps(sandbox_admin.patches()),
+        "fulfilment records": fulfilment_records(sqlite_engine),
+    }
+    assert [where for where, text in outputs.items() if tail in text] == []

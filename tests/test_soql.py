@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -71,7 +72,9 @@ MALFORMED = [
     "SELECT Id FROM Order WHERE Id",
     "SELECT Id FROM Order WHERE Id =",
     "SELECT Id FROM Order WHERE Id = 'a' OR Id = 'b'",
-    "SELECT Id FROM Order WHERE Id > 'a'",
+    "SELECT Id FROM Order WHERE Id => 'a'",
+    "SELECT Id FROM Order WHERE LastModifiedDate < 2026-04-01",
+    "SELECT Id FROM Order WHERE LastModifiedDate < 2026-04-01T00:00Z",
     "SELECT Id FROM Order WHERE Id LIKE 'a%'",
     "SELECT Id FROM Order WHERE Id IN ()",
     "SELECT Id FROM Order WHERE Id IN ('a'",
@@ -129,6 +132,9 @@ def test_parse_gives_the_tree():
         ("TRUE", True),
         ("false", False),
         ("NULL", None),
+        ("2026-04-09T18:31:40Z", datetime(2026, 4, 9, 18, 31, 40, tzinfo=UTC)),
+        ("2026-04-09T18:31:40.517Z", datetime(2026, 4, 9, 18, 31, 40, 517000, tzinfo=UTC)),
+        ("2026-04-09T20:31:40+02:00", datetime(2026, 4, 9, 18, 31, 40, tzinfo=UTC)),
     ],
 )
 def test_literals(literal, value):
@@ -195,6 +201,16 @@ REFUSED = [
         "SELECT Id FROM Order WHERE EffectiveDate = '2026-01-01'",
         "INVALID_QUERY_FILTER_OPERATOR",
         "must be of type date",
+    ),
+    (
+        "SELECT Id FROM Order WHERE LastModifiedDate < '2026-04-01T00:00:00Z'",
+        "INVALID_QUERY_FILTER_OPERATOR",
+        "must be of type datetime and should not be enclosed in quotes",
+    ),
+    (
+        "SELECT Id FROM Order WHERE Status < 2026-04-01T00:00:00Z",
+        "INVALID_QUERY_FILTER_OPERATOR",
+        "must be of type string and should be enclosed in quotes",
     ),
 ]
 
@@ -306,6 +322,24 @@ FILTERS = [
         ["none", "brien", "two", "orphan"],
     ),
     ("SELECT Id FROM Order LIMIT 0", []),
+    # The store's clock: every record was last modified at 2026-03-31T23:33:20Z.
+    (
+        "SELECT Id FROM Order WHERE LastModifiedDate < 2026-04-01T00:00:00Z",
+        ["two", "none", "brien", "orphan"],
+    ),
+    ("SELECT Id FROM Order WHERE LastModifiedDate > 2026-04-01T00:00:00Z", []),
+    ("SELECT Id FROM Order WHERE LastModifiedDate < 2026-03-31T23:33:20Z", []),
+    (
+        "SELECT Id FROM Order WHERE Activation_Status__c = 'Activating' "
+        "AND LastModifiedDate <= 2026-03-31T23:33:20.000Z",
+        ["brien"],
+    ),
+    (
+        "SELECT Id FROM Order WHERE LastModifiedDate >= 2026-04-01T01:33:20+02:00",
+        ["two", "none", "brien", "orphan"],
+    ),
+    ("SELECT Id FROM OrderItem WHERE Quantity > 1", ["line1"]),
+    ("SELECT Id FROM Account WHERE WHMCS_Client_ID__c >= null", []),
 ]
 
 

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 import redis
-from rq.job import Job
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rq.job import Job, validate_job_id
 from rq.serializers import JSONSerializer
 
 from shared import keys
-from shared.queueing import FAILURE_TTL, JOB_PATH, RESULT_TTL, provisioning_queue
+from shared.queueing import FAILURE_TTL, JOB_PATH, RESULT_TTL, job_id_for, provisioning_queue
+from subscriber.heartbeat import dead_letters
 from subscriber.heartbeat import read as read_heartbeat
 from subscriber.intake import Intake, NotLeader
 from subscriber.leader import Leadership
@@ -70,6 +73,7 @@ def test_an_event_becomes_one_json_job_and_advances_the_replay_id(redis_conn, qu
         "event_uuid": uuid_,
         "replay_id": 2112,
         "event_time": "2026-04-09T18:31:40.517Z",
+        "source": "event",
     }
     assert ORDER in job.description and uuid_ in job.description
     assert job.timeout == 321
@@ -233,3 +237,89 @@ def test_the_enqueue_log_line_names_the_event(intake, caplog):
     assert record.event_uuid == event["event"]["EventUuid"]
     assert record.replay_id == 31
     assert record.job_id == accepted.job_id
+
+
+# Job ids and dead letters: no event can stop intake (issue 12).
+
+
+@pytest.mark.parametrize(
+    ("event_uuid", "replay_id", "expected"),
+    [
+        ("2ec0e371-1395-457f-9275-be1b527a72f7", 5, "evt-2ec0e371-1395-457f-9275-be1b527a72f7"),
+        ("\u00b9", 5, "evt-r5"),  # superscript one: str.isalnum says yes, RQ says no
+        ("\u0663", 5, "evt-r5"),  # Arabic-Indic three
+        ("caf\u00e9", 5, "evt-r5"),
+        ("a b", 5, "evt-r5"),
+        ("a:b", 5, "evt-r5"),
+        ("x" * 65, 5, "evt-r5"),
+    ],
+)
+def test_job_ids_keep_to_the_ascii_rq_alphabet(event_uuid, replay_id, expected):
+    assert job_id_for(event_uuid, replay_id) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_uuid=st.one_of(st.none(), st.text(max_size=80)), replay_id=st.integers() | st.none())
+def test_any_job_id_is_one_rq_accepts(event_uuid, replay_id):
+    validate_job_id(job_id_for(event_uuid, replay_id))
+
+
+def test_the_superscript_uuid_that_stopped_intake_becomes_a_job(redis_conn, queue, intake):
+    data = message(7, event_uuid="\u00b9")
+    accepted = intake.accept(data)
+    assert accepted.job_id == "evt-r7" and not accepted.dead_letter
+    assert intake.accept(data).duplicate
+    assert stored_replay(redis_conn) == b"7"
+
+
+def poison(replay_id: int, event_uuid: str) -> dict:
+    """An event RQ cannot serialise: a CreatedDate nested deeper than any JSON encoder goes."""
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    data = message(replay_id, event_uuid=event_uuid)
+    data["payload"]["CreatedDate"] = nested
+    return data
+
+
+def test_an_event_that_cannot_become_a_job_is_dead_lettered_and_the_stream_moves_on(
+    redis_conn, queue, intake
+):
+    accepted = intake.accept(poison(11, "poison-1"))
+    assert accepted.dead_letter and accepted.job_id == ""
+    assert queue.job_ids == [] and stored_replay(redis_conn) == b"11"
+    [record] = dead_letters(redis_conn, CHANNEL)
+    assert record["replay_id"] == 11 and record["event_uuid"] == "poison-1"
+    assert record["order_id"] == ORDER and "RecursionError" in record["reason"]
+    assert record["payload"] == "<not JSON: RecursionError>"
+    assert read_heartbeat(redis_conn, CHANNEL)["dead_letters"] == "1"
+    assert not redis_conn.exists(keys.seen_key("poison-1"))
+    later = intake.accept(message(12))
+    assert not later.dead_letter and queue.job_ids == [later.job_id]
+    assert stored_replay(redis_conn) == b"12"
+
+
+def test_the_dead_letter_list_is_bounded(redis_conn, queue, intake, monkeypatch):
+    monkeypatch.setattr(keys, "DEAD_LETTERS_KEEP", 3)
+    for n in range(5):
+        assert intake.accept(poison(20 + n, f"p{n}")).dead_letter
+    assert [r["replay_id"] for r in dead_letters(redis_conn, CHANNEL)] == [24, 23, 22]
+    assert read_heartbeat(redis_conn, CHANNEL)["dead_letters"] == "5"
+
+
+def test_a_dead_letter_is_fenced_like_a_job(redis_conn, queue):
+    leader = Leadership(redis_conn, CHANNEL, "me")
+    assert leader.acquire()
+    fenced = Intake(redis_conn, queue, CHANNEL, job_timeout=321, fence=(leader.key, leader.value))
+    redis_conn.set(leader.key, "someone-else")
+    with pytest.raises(NotLeader):
+        fenced.accept(poison(30, "p"))
+    assert dead_letters(redis_conn, CHANNEL) == [] and stored_replay(redis_conn) is None
+
+
+def test_a_redis_failure_is_not_a_dead_letter(redis_conn, queue):
+    """The store's fault, not the event's: the event comes again in the next session."""
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    broken = Intake(gone, provisioning_queue(gone, QUEUE, job_timeout=1), CHANNEL, job_timeout=1)
+    with pytest.raises(redis.ConnectionError):
+        broken.accept(message(40))

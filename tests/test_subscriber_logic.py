@@ -38,7 +38,7 @@ def test_start_position(mode, stored, first, expected):
     assert replay.start_position(mode, stored, first) == expected
 
 
-@pytest.mark.parametrize(("mode", "expected"), [("LATEST", -1), ("ALL", -2)])
+@pytest.mark.parametrize(("mode", "expected"), [("LATEST", -2), ("ALL", -2)])
 def test_fallback_position(mode, expected):
     assert replay.fallback_position(mode) == expected
 
@@ -249,6 +249,7 @@ def test_job_meta_and_description_name_the_order_and_event():
         "event_uuid": UUID,
         "replay_id": 9,
         "event_time": CREATED,
+        "source": "event",
     }
     text = job_description(event)
     assert "8015g00000ABCDEAA1" in text and UUID in text and "9" in text and CREATED in text

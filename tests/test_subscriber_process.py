@@ -188,23 +188,43 @@ def test_a_lost_batch_is_delivered_again_after_resubscribing(
     assert sandbox_admin.sf_counters()["delivered"] >= 3  # the lost one went out twice
 
 
-def test_an_invalid_replay_id_falls_back_loudly_and_records_the_gap(
+def test_an_invalid_replay_id_falls_back_to_all_retained_loudly_and_records_the_gap(
     app_env, sandbox_admin, redis_conn, services
 ):
+    """The stored id was purged; an event published after it is still retained. Falling back
+    to -1 would skip it for good; -2 replays it (and the dedupe keeps replays single)."""
     purged = publish(sandbox_admin)
+    retained = publish(sandbox_admin)
     sandbox_admin.set_retention_floor(purged["event"]["replayId"])
     redis_conn.set(keys.replay_key(DEFAULT_CHANNEL), purged["event"]["replayId"])
     subscriber = start(services, app_env)
     warning = subscriber.wait_for(lambda line: "possible gap" in line.get("message", ""))
     assert warning["level"] == "ERROR"
     assert warning["requested_replay_id"] == purged["event"]["replayId"]
-    assert warning["fallback"] == -1
-    assert messages(subscriber, SUBSCRIBED)[0]["replay_from"] == -1
+    assert warning["fallback"] == -2
+    assert messages(subscriber, SUBSCRIBED)[0]["replay_from"] == -2
     [gap] = gaps(redis_conn, DEFAULT_CHANNEL)
-    assert gap["requested"] == purged["event"]["replayId"] and gap["fallback"] == -1
+    assert gap["requested"] == purged["event"]["replayId"] and gap["fallback"] == -2
     assert read_heartbeat(redis_conn, DEFAULT_CHANNEL)["replay_fallbacks"] == "1"
-    publish(sandbox_admin)
     wait_for_jobs(redis_conn, 1, subscriber)
+    assert queued_uuids(redis_conn) == [retained["event"]["EventUuid"]]
+    publish(sandbox_admin)
+    wait_for_jobs(redis_conn, 2, subscriber)
+
+
+def test_a_poison_event_does_not_stop_intake(app_env, sandbox_admin, redis_conn, services):
+    """Issue 12: an EventUuid of '¹' passed `str.isalnum`, RQ refused the job id, the session
+    ended and the same event came again, for ever. Now it is a job (keyed on its replay id) and
+    every later approval becomes a job too, in one session."""
+    subscriber = start(services, app_env)
+    poisoned = sandbox_admin.publish({"OrderId__c": ORDER}, event_uuid="¹")
+    approvals = [publish(sandbox_admin) for _ in range(3)]
+    wait_for_jobs(redis_conn, 4, subscriber)
+    assert queued_uuids(redis_conn) == ["¹"] + [a["event"]["EventUuid"] for a in approvals]
+    ids = [i.decode() for i in redis_conn.lrange("rq:queue:provisioning", 0, -1)]
+    assert ids[0] == f"evt-r{poisoned['event']['replayId']}"
+    assert stored_replay(redis_conn) == approvals[-1]["event"]["replayId"]
+    assert messages(subscriber, RESTARTING) == [] and subscriber.alive()
 
 
 def test_a_stalled_long_poll_is_abandoned_and_the_session_restarted(

@@ -1,7 +1,8 @@
 """`python -m worker`: settings and JSON logging first, the schema checked, then RQ and the reaper.
 
 Run as many as you like, on one machine or many, against one Redis: the per-order lease keeps two
-workers off one order, and every process also runs the reaper of abandoned jobs.
+workers off one order, and every process also runs the reaper of abandoned jobs and the
+reconciler (worker/reconciler.py; a leader lock lets one of them sweep at a time).
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ import argparse
 import logging
 import sys
 
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import db
+from shared.config import Settings
 from shared.connections import database_engine, redis_client
 from shared.queueing import provisioning_queue
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
 from shared.startup import EXIT_CONFIG, start
-from worker import jobs, reaper
+from worker import jobs, reaper, reconciler
 from worker.records import Records
 
 log = logging.getLogger("worker")
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     connection = redis_client(settings.redis_url)
     queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
+    sweeper_of_orders = build_reconciler(settings, queue)
     worker = WORKER_CLASSES[args.worker_class](
         [queue],
         connection=connection,
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             "worker_class": args.worker_class,
             "burst": args.burst,
             "reaper_interval_s": sweeper.interval,
+            "reconcile_interval_s": settings.reconcile_interval,
+            "reconcile_after_s": settings.reconcile_after,
             "abandoned_detection_bound_s": reaper.detection_bound(settings.order_lock_ttl),
             "abandoned_before_lease_bound_s": reaper.detection_bound_before_lease(
                 settings.order_lock_ttl
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     sweeper.start()
+    sweeper_of_orders.start()
     try:
         worker.work(
             burst=args.burst,
@@ -111,6 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             max_jobs=args.max_jobs,
         )
     finally:
+        sweeper_of_orders.stop()
         sweeper.stop()
         engine.dispose()
     return 0
+
+
+def build_reconciler(settings: Settings, queue: Queue) -> reconciler.Reconciler:
+    """Its own Redis connection and Salesforce client: it runs in a thread beside RQ's loop."""
+    own = redis_client(settings.redis_url)
+    return reconciler.Reconciler(
+        own,
+        SalesforceClient(settings.salesforce, TokenProvider(settings.salesforce, own)),
+        provisioning_queue(own, queue.name, settings.job_timeout),
+        interval=settings.reconcile_interval,
+        after=settings.reconcile_after,
+        job_timeout=settings.job_timeout,
+        query_timeout=settings.salesforce.timeout,
+    )

@@ -37,6 +37,7 @@ from shared.errors import (
     short_message,
     transient,
 )
+from shared.jobpayload import JobPayload
 from shared.logs import bind
 from shared.salesforce import SalesforceClient
 from shared.whmcs import WhmcsClient
@@ -78,13 +79,12 @@ class Event:
 
     @classmethod
     def from_payload(cls, payload: Any, job_id: str) -> Event:
-        data = payload if isinstance(payload, dict) else {}
-        replay = data.get("replay_id")
+        job = JobPayload.from_payload(payload)  # the one definition (shared/jobpayload.py)
         return cls(
-            order_id=data.get("order_id"),
+            order_id=job.order_id,
             job_id=job_id,
-            event_uuid=str(data.get("event_uuid") or "")[:64],
-            replay_id="" if replay is None else str(replay)[:32],
+            event_uuid=(job.event_uuid or "")[:64],
+            replay_id="" if job.replay_id is None else str(job.replay_id)[:32],
         )
 
 
@@ -409,7 +409,8 @@ class Run:
             try:
                 yield note
             except BaseException as exc:
-                self._record_step(name, "failed", started, _message(exc)[:200], error_code(exc))
+                detail = short_message(_message(exc), self.s.settings.secrets())[:200]
+                self._record_step(name, "failed", started, detail, error_code(exc))
                 raise
             self._record_step(name, note.outcome, started, note.detail, "", **note.fields)
 
