@@ -4,6 +4,11 @@ A token is minted only when none is cached or when a caller reports the one it u
 (`refresh(stale)`); minting is single-flight across processes (a Redis lock), so a thousand jobs
 on four workers share one login instead of making one each. Salesforce caps logins per user per
 hour, and an expired token is the normal reason for a 401, not an emergency.
+
+While logins fail (refused, or the token endpoint answers an HTTP error), a provider makes at
+most one login attempt per LOGIN_BACKOFF seconds: in between, asking for a token fails at once
+with SF_AUTH. Each process builds one provider, so retries of undelivered outcomes (the reaper)
+and a reconnecting subscriber cannot eat the per-user login cap however often they ask.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 LOCK_MS = 15_000
 WAIT_STEP = 0.05
 JWT_LIFETIME = 180  # Salesforce accepts exp at most a few minutes ahead
+LOGIN_BACKOFF = 60.0  # seconds between login attempts while logins fail
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -82,12 +88,15 @@ class TokenProvider:
         connection: redis.Redis,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        login_backoff: float = LOGIN_BACKOFF,
     ) -> None:
         self.settings = settings
         self.redis = connection
         self.session = session or TimeoutSession(settings.connect_timeout, settings.timeout)
         self.clock = clock
+        self.login_backoff = login_backoff
         self._token: Token | None = None
+        self._refused: tuple[float, str] | None = None  # (when, why) of the last failed login
 
     def current(self) -> Token:
         """The shared token, minting one only when no process has one yet."""
@@ -114,6 +123,7 @@ class TokenProvider:
         return Token(data[b"access_token"].decode(), data[b"instance_url"].decode())
 
     def _mint_single_flight(self, stale: Token | None) -> Token:
+        self._check_backoff()
         deadline = self.clock() + 2 * LOCK_MS / 1000
         holder = uuid.uuid4().hex
         while True:
@@ -136,8 +146,25 @@ class TokenProvider:
                 )
             time.sleep(WAIT_STEP)
 
+    def _check_backoff(self) -> None:
+        """Refuse at once, without a login, within LOGIN_BACKOFF of a failed one."""
+        if self._refused is None:
+            return
+        at, why = self._refused
+        if self.clock() - at < self.login_backoff:
+            raise AuthError(
+                f"{why} (no new login attempt before {self.login_backoff:.0f} s have passed)",
+                system="salesforce",
+                code="SF_AUTH",
+            )
+
     def _mint_and_store(self) -> Token:
-        token = self.mint()
+        try:
+            token = self.mint()
+        except (AuthError, HttpStatusError) as exc:
+            self._refused = (self.clock(), exc.message)
+            raise
+        self._refused = None
         self.redis.hset(
             keys.SF_TOKEN,
             mapping={

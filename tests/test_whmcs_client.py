@@ -110,6 +110,30 @@ def test_add_order_sends_indexed_arrays_flags_and_notes(whmcs, client):
     assert whmcs.emulator.admin("substitutions", {})["substitutions"] == []
 
 
+@pytest.mark.parametrize(
+    ("allowqty", "pids", "qty", "services", "service_qty"),
+    [
+        (0, {0: "5", 1: "5", 2: "5"}, None, 3, 1),  # repeated, as WHMCS's cart does
+        (1, {0: "5"}, {0: "3"}, 3, 1),  # one service per unit
+        (2, {0: "5"}, {0: "3"}, 1, 3),  # scaling: one service holding the quantity
+    ],
+)
+def test_add_order_carries_a_quantity_the_way_the_product_allows(
+    whmcs, client, allowqty, pids, qty, services, service_qty
+):
+    whmcs.emulator.billing.products[5]["allowqty"] = allowqty
+
+    result = client.add_order(1, "stripe", [OrderLine(5, "monthly", 3, allowqty)], "SF-ORDER:Q")
+
+    assert len(result.service_ids) == services
+    (call,) = logged(whmcs, "AddOrder")
+    assert call["params"]["pid"] == pids
+    assert call["params"].get("qty") == qty
+    (order,) = whmcs.emulator.admin("orders")["orders"]
+    assert [s["qty"] for s in order["services"]] == [service_qty] * services
+    assert whmcs.emulator.admin("substitutions", {})["substitutions"] == []
+
+
 def test_accept_order_sends_both_flags_explicitly(whmcs, client):
     order_id = client.add_order(1, "stripe", LINES[:1], "n").order_id
     client.accept_order(order_id, autosetup=True, sendemail=False)
