@@ -29,8 +29,10 @@ from shared.errors import (
     HttpStatusError,
     IntegrationError,
     OrderError,
+    OutcomeUnknown,
     ProvisioningError,
     UpstreamTimeout,
+    WhmcsOrderMismatch,
 )
 from shared.whmcs import WhmcsClient
 from worker import mapping
@@ -51,8 +53,6 @@ DEAD_ORDER_STATUSES = ("Cancelled", "Fraud")
 UNKNOWN_CREATE_MARGIN = timedelta(seconds=30)
 # HTTP statuses after which AddOrder may still have run (503 and 429 say it did not).
 UNKNOWN_STATUSES = (500, 502, 504)
-OUTCOME_UNKNOWN = "WHMCS_OUTCOME_UNKNOWN"  # the wait: an earlier AddOrder has no known answer
-ORDER_MISMATCH = "WHMCS_ORDER_MISMATCH"  # WHMCS_Order_ID__c names no order of this Salesforce order
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def recorded_verdict(
     orders: Iterable[Mapping[str, Any]], order_id: str, whmcs_order_id: int
 ) -> WhmcsOrder | str:
     """The WHMCS order `WHMCS_Order_ID__c` names, when it is this Salesforce order's and alive;
-    otherwise why not (the message of a WHMCS_ORDER_MISMATCH failure)."""
+    otherwise why not (the message of a WhmcsOrderMismatch)."""
     tag = order_tag(order_id)
     for raw in orders:
         parsed = parse_whmcs_order(raw)
@@ -196,17 +196,16 @@ def check_service_count(order: WhmcsOrder, expected: int) -> None:
 
 def find_recorded_order(whmcs: WhmcsClient, order_id: str, recorded: Any) -> WhmcsOrder:
     """The order `WHMCS_Order_ID__c` names, checked to be this Salesforce order's; else
-    OrderError WHMCS_ORDER_MISMATCH. One GetOrders call."""
+    WhmcsOrderMismatch. One GetOrders call."""
     whmcs_order_id = mapping.parse_positive_int(recorded)
     if whmcs_order_id is None:
-        raise OrderError(
+        raise WhmcsOrderMismatch(
             f"WHMCS_Order_ID__c {str(recorded)[:30]!r} is not a WHMCS order id; clear it, then "
-            "Provision / Retry",
-            code=ORDER_MISMATCH,
+            "Provision / Retry"
         )
     verdict = recorded_verdict(whmcs.get_orders(order_id=whmcs_order_id), order_id, whmcs_order_id)
     if isinstance(verdict, str):
-        raise OrderError(verdict, code=ORDER_MISMATCH)
+        raise WhmcsOrderMismatch(verdict)
     return verdict
 
 
@@ -314,12 +313,11 @@ class Placement:
             window = timedelta(seconds=self.write_timeout) + UNKNOWN_CREATE_MARGIN
             sent = unknown_create_is_recent(self.earlier, self.clock(), window)
             if sent is not None:
-                raise IntegrationError(
+                raise OutcomeUnknown(
                     f"an earlier AddOrder sent at {sent:%H:%M:%S} UTC got no answer and WHMCS "
                     "shows no order yet: it may still be running there. Nothing was ordered "
                     f"again; Provision / Retry after {sent + window:%H:%M:%S} UTC",
                     system="whmcs",
-                    code=OUTCOME_UNKNOWN,
                 )
         return found
 
