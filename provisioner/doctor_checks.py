@@ -346,7 +346,7 @@ def outbox_verdict(waiting: Mapping[str, outbox.Waiting | None], now: float) -> 
     if oldest_id:
         oldest = readable[oldest_id]
         detail += (
-            f"; the oldest, {oldest.status} for Order {oldest_id}, since "
+            f"; the oldest, {oldest.status} for Order {oldest_id}, first refused "
             f"{_ago(now - oldest.first_at)}, {oldest.attempts} attempt(s), last refused with "
             f"{oldest.last_error or '?'}"
         )
