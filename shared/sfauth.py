@@ -6,9 +6,9 @@ on four workers share one login instead of making one each. Salesforce caps logi
 hour, and an expired token is the normal reason for a 401, not an emergency.
 
 While logins fail (refused, or the token endpoint answers an HTTP error), a provider makes at
-most one login attempt per LOGIN_BACKOFF seconds: in between, asking for a token fails at once
-with SF_AUTH. Each process builds one provider, so retries of undelivered outcomes (the reaper)
-and a reconnecting subscriber cannot eat the per-user login cap however often they ask.
+most one login attempt per SF_LOGIN_BACKOFF seconds (default 60): in between, asking for a
+token fails at once with SF_AUTH. Each process builds one provider, so retries of undelivered
+outcomes (the reaper) and a reconnecting subscriber cannot eat the per-user login cap.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 LOCK_MS = 15_000
 WAIT_STEP = 0.05
 JWT_LIFETIME = 180  # Salesforce accepts exp at most a few minutes ahead
-LOGIN_BACKOFF = 60.0  # seconds between login attempts while logins fail
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -88,13 +87,13 @@ class TokenProvider:
         connection: redis.Redis,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
-        login_backoff: float = LOGIN_BACKOFF,
+        login_backoff: float | None = None,
     ) -> None:
         self.settings = settings
         self.redis = connection
         self.session = session or TimeoutSession(settings.connect_timeout, settings.timeout)
         self.clock = clock
-        self.login_backoff = login_backoff
+        self.login_backoff = settings.login_backoff if login_backoff is None else login_backoff
         self._token: Token | None = None
         self._refused: tuple[float, str] | None = None  # (when, why) of the last failed login
 
