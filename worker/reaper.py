@@ -367,8 +367,15 @@ class Reaper:
         # WORKER_LOST: the job died. Any other code: the job's own failure, which Salesforce or
         # Redis did not take at the time, delivered now.
         lost = code == WorkerLost.code
-        log.error(
-            "Abandoned job reaped" if lost else "Job failure delivered to Salesforce by the reaper",
+        if values.get("status") == ACTIVATED:
+            message_text = "Activated order recorded by the reaper"  # e.g. the database was down
+        elif lost:
+            message_text = "Abandoned job reaped"
+        else:
+            message_text = "Job failure delivered to Salesforce by the reaper"
+        log.log(
+            logging.INFO if values.get("status") == ACTIVATED else logging.ERROR,
+            message_text,
             extra={
                 "order_id": order_id,
                 "job_id": entry.job_id,
