@@ -21,6 +21,13 @@ one Salesforce call; with the default ORDER_LOCK_TTL=30:
   moved it to its failed registry first, one REAPER_INTERVAL after that.
 Both need at least one `python -m worker` running on the queue.
 
+It also delivers the outcomes Salesforce did not take (`prov:outbox`, see shared/outbox.py): each
+due entry is PATCHed under the order's lease, so never while a job runs on the order, and only
+while the order still reads Activating; a refusal (timeout, 5xx, 403, a 400 validation rule,
+SF_AUTH) puts it back with a longer wait (5 s doubling to 5 min). An outcome the reaper itself
+cannot deliver when it settles an abandoned job goes there too, and an order whose outcome waits
+there is never failed WORKER_LOST over it.
+
 It runs as a thread in every `python -m worker` process rather than between jobs: a loop between
 jobs would stall behind a long job, and RQ's dequeue blocks for minutes when the queue is idle.
 Several reapers are safe together: the order's lease lets only one act on an order.
