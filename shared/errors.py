@@ -93,6 +93,7 @@ class AuthError(IntegrationError):
 
 class UpstreamTimeout(IntegrationError):
     code = "ETIMEOUT"
+    request_sent = True  # False for a connect timeout: nothing went out
 
 
 class OutcomeUnknown(IntegrationError):
@@ -101,6 +102,7 @@ class OutcomeUnknown(IntegrationError):
 
 class ConnectionFailed(IntegrationError):
     code = "ECONNECTION"
+    request_sent = True  # False when the connection failed before the request went out
 
 
 class BadResponse(IntegrationError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from shared.config import WhmcsSettings
 from shared.errors import (
@@ -270,13 +270,19 @@ class WhmcsClient:
         self, action: str, read_timeout: float, exc: requests.RequestException
     ) -> UpstreamTimeout | ConnectionFailed:
         # requests reports a read timeout while reading the body as a ConnectionError.
+        error: UpstreamTimeout | ConnectionFailed
         if isinstance(exc, requests.Timeout) or any(
             isinstance(arg, ReadTimeoutError) for arg in exc.args
         ):
-            return UpstreamTimeout(
+            error = UpstreamTimeout(
                 f"WHMCS {action} timed out (read timeout {read_timeout:g}s)", system=SYSTEM
             )
-        return ConnectionFailed(f"WHMCS {action}: {_transport_reason(exc)}", system=SYSTEM)
+        else:
+            error = ConnectionFailed(f"WHMCS {action}: {_transport_reason(exc)}", system=SYSTEM)
+        # A write that never left this host (no connection, no TLS) did not happen: callers may
+        # treat it as a definite refusal instead of an unknown outcome.
+        error.request_sent = not before_sending(exc)
+        return error
 
     def _decode(self, action: str, reply: requests.Response) -> dict[str, Any]:
         """The success reply, or the shared.errors class that says what went wrong."""
@@ -472,6 +478,16 @@ def _kind_of(text: str) -> str:
     if stripped.startswith(("{", "[")):
         return "truncated or malformed JSON"
     return "a body that is not JSON"
+
+
+def before_sending(exc: requests.RequestException) -> bool:
+    """Whether the failure happened while connecting (TCP or TLS), before any byte of the
+    request went out."""
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
 def _transport_reason(exc: requests.RequestException) -> str:

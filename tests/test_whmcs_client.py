@@ -26,6 +26,7 @@ from shared.errors import (
 )
 from shared.whmcs import AddOrderResult, OrderLine, WhmcsClient, encode
 from tests.whmcs_support import ACCESS_KEY, IDENTIFIER, SECRET, Running, running_whmcs
+from worker import ordering
 
 CREDENTIALS = (IDENTIFIER, SECRET, ACCESS_KEY)
 
@@ -351,6 +352,34 @@ def test_refused_connection(whmcs, make_client):
     with pytest.raises(ConnectionFailed, match="connection refused") as caught:
         client.get_pay_methods(1)
     assert caught.value.code == "ECONNECTION"
+    # Nothing went out: an AddOrder refused like this ordered nothing (a definite refusal).
+    with pytest.raises(ConnectionFailed) as refused:
+        client.add_order(1, "stripe", LINES, "n")
+    assert refused.value.request_sent is False
+    assert not ordering.outcome_unknown(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "unknown"),
+    [
+        ("reset", {}, True),  # reset after the request went out
+        ("hang", {"seconds": 30}, True),
+        ("html", {"status": 500}, True),
+        ("html", {"status": 502}, True),
+        ("html", {"status": 504}, True),
+        ("html", {"status": 503}, False),
+        ("status", {"status": 429, "body": "json"}, False),
+        ("error", {}, False),
+    ],
+)
+def test_which_addorder_failures_leave_the_outcome_unknown(
+    whmcs, make_client, kind, params, unknown
+):
+    client = make_client(write_timeout=0.5)
+    whmcs.faults.add("whmcs.AddOrder", kind, 1, **params)
+    with pytest.raises(IntegrationError) as caught:
+        client.add_order(1, "stripe", LINES, "n")
+    assert ordering.outcome_unknown(caught.value) is unknown
 
 
 def test_reads_use_the_read_timeout_and_writes_the_write_timeout(whmcs, make_client):

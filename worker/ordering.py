@@ -6,10 +6,11 @@ client's orders paged back to that attempt's AddOrder), the wait while an AddOrd
 lost may still be running in WHMCS, and the check of a WHMCS order Salesforce already names
 (`WHMCS_Order_ID__c` on an order that reads Activating, after a Retry).
 
-Which failures of AddOrder leave its outcome unknown (see `outcome_unknown`): a timeout, a
+Which failures of AddOrder leave its outcome unknown (see `outcome_unknown`): a read timeout, a
 connection lost after the request went out, a garbled reply, and HTTP 500, 502 and 504. HTTP 429
-and 503 are definite refusals (WHMCS, or the proxy before it, did not run the action), as is any
-4xx or `result=error`: nothing was ordered, and the next attempt orders at once.
+and 503 are definite refusals (WHMCS, or the proxy before it, did not run the action), as are a
+connection refused or timed out before the request went out, any other 4xx and `result=error`:
+nothing was ordered, and the next attempt orders at once.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def unknown_create_is_recent(
 
 def outcome_unknown(exc: BaseException) -> bool:
     """A write that failed like this may still have happened in WHMCS."""
-    if isinstance(exc, UpstreamTimeout | ConnectionFailed | BadResponse):
+    if isinstance(exc, UpstreamTimeout | ConnectionFailed):
+        return exc.request_sent  # refused or timed out while connecting: nothing went out
+    if isinstance(exc, BadResponse):
         return True
     return isinstance(exc, HttpStatusError) and exc.status in UNKNOWN_STATUSES
 
