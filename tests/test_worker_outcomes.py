@@ -9,6 +9,7 @@ a real `python -m worker` process once Salesforce takes them.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -18,6 +19,8 @@ from sandbox.fixtures import standard_document
 from shared import keys, outbox
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
+from tests.fixtures.outages import RedisServer
+from tests.test_worker_processes import kill_9_with_horses
 from tests.worker_support import enqueue, event_from, latest, wait_until, work
 from worker import jobs, orchestrator, reaper
 from worker.records import Records
@@ -291,3 +294,80 @@ def test_a_refused_login_then_restored_gets_the_outcome_delivered(
         lambda: sandbox_admin.order(order_id)["Activation_Status__c"] == "Activated", timeout=60
     )
     assert len(whmcs_orders(sandbox_admin)) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_finishing_a_retry_is_reaped_and_the_next_retry_finishes(
+    services, sandbox_admin, app_env, app_settings, redis_conn
+):
+    """Activating with WHMCS_Order_ID__c set is unfinished work, not a finished order: a job
+    that dies on it is reaped like any other, and the order does not stay Activating."""
+    order_id = sandbox_admin.load(standard_document())["refs"]["o1"]
+    approve_and_work(sandbox_admin, redis_conn, app_settings, order_id)
+    (made,) = whmcs_orders(sandbox_admin)
+    sandbox_admin.call("whmcs/set_order_status", {"order_id": made["id"], "status": "Pending"})
+    sandbox_admin.add_fault("whmcs.AcceptOrder", "hang", seconds=20)
+    env = {**app_env, "ORDER_LOCK_TTL": "2", "WHMCS_WRITE_TIMEOUT": "30"}
+    doomed = services.start("worker", env)
+    retry = sandbox_admin.retry(order_id)
+    enqueue(redis_conn, app_settings, event_from(retry["event"]))
+    wait_until(
+        lambda: any(f["target"] == "whmcs.AcceptOrder" for f in sandbox_admin.fault_history())
+    )
+
+    kill_9_with_horses(doomed)
+    survivor = services.start("worker", env)
+    survivor.wait_for_message("Abandoned job reaped", timeout=60)
+
+    stored = sandbox_admin.order(order_id)
+    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
+        "Failed",
+        "WORKER_LOST",
+    )
+    assert f"WHMCS order {made['id']} exists" in stored["Activation_Error_Message__c"]
+
+    stored = sandbox_admin.retry(order_id)
+    enqueue(redis_conn, app_settings, event_from(stored["event"]))
+    wait_until(
+        lambda: sandbox_admin.order(order_id)["Activation_Status__c"] == "Activated", timeout=60
+    )
+    assert [o["status"] for o in whmcs_orders(sandbox_admin)] == ["Active"]
+    assert sandbox_admin.whmcs_counters()["AddOrder"] == 1
+    assert sandbox_admin.order(order_id)["WHMCS_Order_ID__c"] == str(made["id"])
+
+
+def test_redis_gone_after_the_success_patch_leaves_activated(
+    sandbox_admin, app_settings, sqlite_engine, tmp_path
+):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        order_id = sandbox_admin.load(standard_document())["refs"]["o1"]
+        event = event_from(sandbox_admin.approve(order_id))
+        sandbox_admin.set_latency("sf.patch", 1.0)  # Redis goes while the PATCH is on the wire
+
+        def redis_goes_away():
+            wait_until(lambda: sandbox_admin.whmcs_counters().get("AcceptOrder"), timeout=60)
+            server.stop()
+
+        stopper = threading.Thread(target=redis_goes_away, daemon=True)
+        stopper.start()
+        settings = dataclasses.replace(app_settings, redis_url=server.url)
+        services = jobs.build_services(settings)
+        try:
+            outcome = orchestrator.run(services, orchestrator.Event.from_payload(event, "evt-r"))
+        finally:
+            services.whmcs.close()
+            services.salesforce.close()
+            services.records.engine.dispose()
+        stopper.join(timeout=60)
+    finally:
+        server.stop()
+
+    assert outcome.outcome == "activated"
+    stored = sandbox_admin.order(order_id)
+    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
+        "Activated",
+        None,
+    )
+    assert latest(sqlite_engine, order_id)[0].status == "activated"
