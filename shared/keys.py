@@ -20,9 +20,7 @@ SF_TOKEN_MINTS = "sf:auth:mints"  # counter, for doctor and metrics
 ORDER_LOCK_PREFIX = "prov:lock:order:"  # prov:lock:order:<OrderId> -> token, TTL = ORDER_LOCK_TTL
 INFLIGHT = "prov:inflight"  # hash OrderId -> JSON {job_id, token, started_at, worker}
 WHMCS_PRODUCTS = "whmcs:products"  # cached GetProducts answer (JSON), short TTL
-OUTBOX = (
-    "prov:outbox"  # hash OrderId -> JSON outcome Salesforce has not taken yet (shared/outbox.py)
-)
+OUTBOX = "prov:outbox"  # hash OrderId -> a terminal outcome Salesforce has not taken yet
 
 
 def replay_key(channel: str) -> str:

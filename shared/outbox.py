@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.logs import scrub
 
 FIRST_DELAY = 5.0  # seconds before the first redelivery; doubled on each refusal ...
 MAX_DELAY = 300.0  # ... up to this
@@ -76,7 +77,9 @@ def due(waiting: Waiting, now: float) -> bool:
 
 
 def put(conn: redis.Redis, order_id: str, waiting: Waiting) -> None:
-    conn.hset(keys.OUTBOX, order_id, waiting.dumps())
+    # The message is already scrubbed of the configured secrets; scrub again for the ones this
+    # process learnt (a minted token an error body might echo): it goes to Redis and Salesforce.
+    conn.hset(keys.OUTBOX, order_id, replace(waiting, message=scrub(waiting.message)).dumps())
 
 
 def entries(conn: redis.Redis) -> dict[str, bytes]:
