@@ -112,6 +112,20 @@ def redis_metrics(state: Mapping[str, Any], queue_name: str, channel: str) -> It
     yield _family(
         GaugeMetricFamily, "orders_in_flight", "Orders under a worker lease.", {}, state["inflight"]
     )
+    yield _family(
+        GaugeMetricFamily,
+        "outcomes_waiting",
+        "Outcomes Salesforce has not taken yet (prov:outbox).",
+        {},
+        state["outbox"]["waiting"],
+    )
+    yield _family(
+        GaugeMetricFamily,
+        "outcomes_waiting_oldest_age_seconds",
+        "Age of the oldest outcome waiting for delivery (0 when none wait).",
+        {},
+        state["outbox"]["oldest_age_seconds"] or 0.0,
+    )
     on_channel = {"channel": channel}
     gauges = {
         "subscriber_active": (float(sub["active"]), "1 while the subscriber's long poll is alive."),

@@ -20,7 +20,7 @@ from rq import Queue, worker_registration
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import Engine, text
 
-from shared import db, keys
+from shared import db, keys, outbox
 from shared.errors import short_message
 from shared.logs import scrub
 
@@ -175,7 +175,14 @@ def replay_storage(conn: redis.Redis, queue_name: str, channel: str, now: float)
         "queue": {"name": queue_name, **queue_stats(conn, queue_name)},
         "replay": {"channel": channel, "replay_id": read_replay_id(conn, channel)},
         "subscriber": subscriber_status(read_heartbeat(conn, channel), now),
+        "outbox": waiting_outcomes(conn, now),
     }
+
+
+def waiting_outcomes(conn: redis.Redis, now: float) -> dict[str, Any]:
+    """Outcomes Salesforce has not taken yet (prov:outbox), and the oldest one's age."""
+    count, oldest = outbox.summary(conn, now)
+    return {"waiting": count, "oldest_age_seconds": oldest}
 
 
 # --- pure decisions ---------------------------------------------------------------------------
@@ -234,6 +241,12 @@ def warnings(database: Probe, integrations: Probe) -> list[str]:
     subscriber = integrations.details["subscriber"]
     if not subscriber["active"]:
         found.append(f"subscriber not active (state: {subscriber['state'] or 'no heartbeat'})")
+    waiting = integrations.details.get("outbox") or {}
+    if waiting.get("waiting"):
+        found.append(
+            f"{waiting['waiting']} outcome(s) wait for delivery to Salesforce "
+            f"(oldest {waiting['oldest_age_seconds']} s): see prov:outbox"
+        )
     return found
 
 

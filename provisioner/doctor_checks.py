@@ -14,6 +14,7 @@ import requests
 
 from healthcheck import probes
 from provisioner.doctor import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
+from shared import outbox
 from shared.errors import AuthError, IntegrationError, RemoteError
 from shared.sfauth import Token
 from shared.sfid import is_valid_id, to18
@@ -64,6 +65,10 @@ FIX_RECONCILER = (
 FIX_OVERDUE = (
     "the reconciler gives each one a job every RECONCILE_INTERVAL: look for 'Reconciled order "
     "with no event' in the worker logs, then `provisioner doctor --order <OrderId>`"
+FIX_OUTBOX = (
+    "Runbook 'Salesforce status not updated': the workers' reapers retry with back-off until "
+    "Salesforce takes each outcome; fix what refuses it (SF_AUTH: the connected app JWT config; "
+    "403: the API user's Order permissions; 400: a validation rule on Order); keep a worker running"
 )
 FIX_WHMCS_REACH = "check WHMCS_API_URL (ends in /includes/api.php), the network path and TLS trust"
 
@@ -393,6 +398,29 @@ def reconciler_verdict(
             FIX_OVERDUE,
         )
     return passed(f"no order Activating for longer than {after:g} s ({swept})")
+# --- outcomes Salesforce has not taken -----------------------------------------------------------
+
+
+def waiting_outcomes(ctx: Context) -> Verdict:
+    entries = outbox.entries(ctx.redis())
+    return outbox_verdict({k: outbox.Waiting.loads(v) for k, v in entries.items()}, ctx.now)
+
+
+def outbox_verdict(waiting: Mapping[str, outbox.Waiting | None], now: float) -> Verdict:
+    """prov:outbox: outcomes the workers' reapers are still trying to write to Salesforce."""
+    if not waiting:
+        return passed("no outcome waits for delivery to Salesforce (prov:outbox is empty)")
+    readable = {k: w for k, w in waiting.items() if w is not None}
+    oldest_id = min(readable, key=lambda k: readable[k].first_at, default="")
+    detail = f"{len(waiting)} outcome(s) wait for delivery to Salesforce (prov:outbox)"
+    if oldest_id:
+        oldest = readable[oldest_id]
+        detail += (
+            f"; the oldest, {oldest.status} for Order {oldest_id}, first refused "
+            f"{_ago(now - oldest.first_at)}, {oldest.attempts} attempt(s), last refused with "
+            f"{oldest.last_error or '?'}"
+        )
+    return failed(detail, FIX_OUTBOX)
 
 
 # --- WHMCS ----------------------------------------------------------------------------------------
@@ -560,6 +588,7 @@ CHECKS: tuple[Check, ...] = (
     Check("replay progress", replay_progress, groups=("events",), after=("redis",)),
     Check("dead-lettered events", dead_letters, groups=("events",), after=("redis",)),
     Check("reconciler", reconciler, after=("redis",)),
+    Check("outcomes waiting for delivery", waiting_outcomes, after=("redis",)),
     Check("whmcs credentials", whmcs_credentials, groups=("whmcs",)),
     # After a credential failure nothing else is sent: each refused login counts toward a ban.
     Check("whmcs api role", whmcs_role, groups=("whmcs",), after=("whmcs credentials",)),

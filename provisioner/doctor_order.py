@@ -41,6 +41,12 @@ FIXES = {
     "ETIMEOUT": FIX_RETRY + " (the worker checks WHMCS for an order it may have made first)",
     "ECONNECTION": FIX_RETRY,
     "WORKER_LOST": FIX_RETRY + " (the worker died mid-job; nothing is ordered twice)",
+    "WHMCS_OUTCOME_UNKNOWN": FIX_RETRY
+    + " after the time the message gives (an earlier AddOrder may still be running in WHMCS)",
+    "WHMCS_ORDER_MISMATCH": (
+        "check in WHMCS the order WHMCS_Order_ID__c names; clear WHMCS_Order_ID__c to order "
+        "afresh, then Provision / Retry on the Order"
+    ),
 }
 ORDER = "order"
 

@@ -104,6 +104,13 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("SF_API_VERSION", "salesforce", "59.0", "REST and CometD API version (>= 37.0).", "59.0"),
     Var("SF_TIMEOUT", "salesforce", "30", "Read timeout of Salesforce REST calls, seconds.", "30"),
+    Var(
+        "SF_LOGIN_BACKOFF",
+        "salesforce",
+        "60",
+        "While JWT logins fail, seconds between a process's login attempts (per-user login cap).",
+        "60",
+    ),
     Var("SF_EVENTS_ENABLED", "events", "true", "false: the subscriber idles without connecting."),
     Var(
         "SF_PROVISION_EVENT_CHANNEL",
@@ -205,6 +212,7 @@ class SalesforceSettings:
     api_version: str
     timeout: float
     connect_timeout: float
+    login_backoff: float = 60.0
 
     @property
     def token_url(self) -> str:
@@ -374,6 +382,7 @@ def _salesforce(r: _Reader) -> SalesforceSettings:
         api_version=r.parse("SF_API_VERSION", _api_version, "59.0"),
         timeout=r.parse("SF_TIMEOUT", _positive_float, 30.0),
         connect_timeout=r.parse("HTTP_CONNECT_TIMEOUT", _positive_float, 5.0),
+        login_backoff=r.parse("SF_LOGIN_BACKOFF", _positive_float, 60.0),
     )
 
 

@@ -6,10 +6,14 @@
     │   ├── InvalidEvent              INVALID_ORDER_ID: the event names no well-formed Order id
     │   ├── OrderNotFound             ORDER_NOT_FOUND
     │   ├── MappingError              UNMAPPED_ACCOUNT, UNMAPPED_PRODUCT, INVALID_BILLING_CYCLE, ...
-    │   └── PaymentMethodMissing      409: the WHMCS client has no pay method
+    │   ├── PaymentMethodMissing      409: the WHMCS client has no pay method
+    │   └── WhmcsOrderMismatch        WHMCS_ORDER_MISMATCH: WHMCS_Order_ID__c names no live WHMCS
+    │                                 order of this Salesforce order
     ├── IntegrationError              Salesforce or WHMCS did not do what we asked
     │   ├── AuthError                 401 / 403 / SF_AUTH: credentials, token or API role
     │   ├── UpstreamTimeout           ETIMEOUT: for a write, the outcome is unknown, not failed
+    │   ├── OutcomeUnknown            WHMCS_OUTCOME_UNKNOWN: an earlier AddOrder got no answer and
+    │   │                             may still be running in WHMCS; ordering again must wait
     │   ├── ConnectionFailed          ECONNECTION: refused, reset, TLS
     │   ├── BadResponse               EBADRESPONSE: HTML, truncated JSON, wrong shape
     │   ├── HttpStatusError           the HTTP status itself: 429, 500, 502, 503 ...
@@ -70,6 +74,10 @@ class PaymentMethodMissing(OrderError):
     code = "409"
 
 
+class WhmcsOrderMismatch(OrderError):
+    code = "WHMCS_ORDER_MISMATCH"
+
+
 class IntegrationError(ProvisioningError):
     def __init__(
         self, message: str, *, system: str, code: str | None = None, status: int | None = None
@@ -85,10 +93,16 @@ class AuthError(IntegrationError):
 
 class UpstreamTimeout(IntegrationError):
     code = "ETIMEOUT"
+    request_sent = True  # False for a connect timeout: nothing went out
+
+
+class OutcomeUnknown(IntegrationError):
+    code = "WHMCS_OUTCOME_UNKNOWN"
 
 
 class ConnectionFailed(IntegrationError):
     code = "ECONNECTION"
+    request_sent = True  # False when the connection failed before the request went out
 
 
 class BadResponse(IntegrationError):

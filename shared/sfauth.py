@@ -4,6 +4,11 @@ A token is minted only when none is cached or when a caller reports the one it u
 (`refresh(stale)`); minting is single-flight across processes (a Redis lock), so a thousand jobs
 on four workers share one login instead of making one each. Salesforce caps logins per user per
 hour, and an expired token is the normal reason for a 401, not an emergency.
+
+While logins fail (refused, or the token endpoint answers an HTTP error), a provider makes at
+most one login attempt per SF_LOGIN_BACKOFF seconds (default 60): in between, asking for a
+token fails at once with SF_AUTH. Each process builds one provider, so retries of undelivered
+outcomes (the reaper) and a reconnecting subscriber cannot eat the per-user login cap.
 """
 
 from __future__ import annotations
@@ -82,12 +87,15 @@ class TokenProvider:
         connection: redis.Redis,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        login_backoff: float | None = None,
     ) -> None:
         self.settings = settings
         self.redis = connection
         self.session = session or TimeoutSession(settings.connect_timeout, settings.timeout)
         self.clock = clock
+        self.login_backoff = settings.login_backoff if login_backoff is None else login_backoff
         self._token: Token | None = None
+        self._refused: tuple[float, str] | None = None  # (when, why) of the last failed login
 
     def current(self) -> Token:
         """The shared token, minting one only when no process has one yet."""
@@ -114,6 +122,7 @@ class TokenProvider:
         return Token(data[b"access_token"].decode(), data[b"instance_url"].decode())
 
     def _mint_single_flight(self, stale: Token | None) -> Token:
+        self._check_backoff()
         deadline = self.clock() + 2 * LOCK_MS / 1000
         holder = uuid.uuid4().hex
         while True:
@@ -136,8 +145,25 @@ class TokenProvider:
                 )
             time.sleep(WAIT_STEP)
 
+    def _check_backoff(self) -> None:
+        """Refuse at once, without a login, within LOGIN_BACKOFF of a failed one."""
+        if self._refused is None:
+            return
+        at, why = self._refused
+        if self.clock() - at < self.login_backoff:
+            raise AuthError(
+                f"{why} (no new login attempt before {self.login_backoff:.0f} s have passed)",
+                system="salesforce",
+                code="SF_AUTH",
+            )
+
     def _mint_and_store(self) -> Token:
-        token = self.mint()
+        try:
+            token = self.mint()
+        except (AuthError, HttpStatusError) as exc:
+            self._refused = (self.clock(), exc.message)
+            raise
+        self._refused = None
         self.redis.hset(
             keys.SF_TOKEN,
             mapping={

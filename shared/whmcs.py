@@ -24,12 +24,12 @@ import http.cookiejar
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from shared.config import WhmcsSettings
 from shared.errors import (
@@ -85,6 +85,7 @@ class OrderLine:
     pid: int
     billing_cycle: str  # an API name: monthly ... triennially, onetime, free
     quantity: int = 1
+    allowqty: int = 1  # the product's GetProducts allowqty: 0 ignores `qty`, 1 and 2 honour it
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ class AddOrderResult:
     order_id: int
     service_ids: tuple[int, ...]
     invoice_id: int | None
+
+
+def cart_entries(lines: Iterable[OrderLine]) -> Iterator[tuple[OrderLine, int | None]]:
+    """AddOrder's product entries, each with its `qty` (None: send none). A product that does not
+    allow quantities (allowqty 0, WHMCS's default) ignores `qty`: it is repeated once per unit,
+    as WHMCS's own cart does when a product is added N times. Otherwise one entry carries `qty`
+    (allowqty 1: one service per unit; 2, scaling: one service holding the quantity)."""
+    for line in lines:
+        if line.allowqty:
+            yield line, line.quantity
+        else:
+            yield from ((line, None) for _ in range(line.quantity))
 
 
 class _NoCookies(http.cookiejar.CookiePolicy):
@@ -170,12 +183,10 @@ class WhmcsClient:
         """One Pending order with one service per unit. The caller checks the service count:
         WHMCS drops unknown products and ignores `qty` where the product does not allow it."""
         params: list[tuple[str, Any]] = [("clientid", client_id), ("paymentmethod", payment_method)]
-        for index, line in enumerate(_checked(lines)):
-            params += [
-                (f"pid[{index}]", line.pid),
-                (f"billingcycle[{index}]", line.billing_cycle),
-                (f"qty[{index}]", line.quantity),
-            ]
+        for index, (line, qty) in enumerate(cart_entries(_checked(lines))):
+            params += [(f"pid[{index}]", line.pid), (f"billingcycle[{index}]", line.billing_cycle)]
+            if qty is not None:
+                params.append((f"qty[{index}]", qty))
         params += [("noemail", True), ("notes", notes)]
         body = self.call("AddOrder", params, write=True)
         invoice = body.get("invoiceid")
@@ -259,13 +270,19 @@ class WhmcsClient:
         self, action: str, read_timeout: float, exc: requests.RequestException
     ) -> UpstreamTimeout | ConnectionFailed:
         # requests reports a read timeout while reading the body as a ConnectionError.
+        error: UpstreamTimeout | ConnectionFailed
         if isinstance(exc, requests.Timeout) or any(
             isinstance(arg, ReadTimeoutError) for arg in exc.args
         ):
-            return UpstreamTimeout(
+            error = UpstreamTimeout(
                 f"WHMCS {action} timed out (read timeout {read_timeout:g}s)", system=SYSTEM
             )
-        return ConnectionFailed(f"WHMCS {action}: {_transport_reason(exc)}", system=SYSTEM)
+        else:
+            error = ConnectionFailed(f"WHMCS {action}: {_transport_reason(exc)}", system=SYSTEM)
+        # A write that never left this host (no connection, no TLS) did not happen: callers may
+        # treat it as a definite refusal instead of an unknown outcome.
+        error.request_sent = not before_sending(exc)
+        return error
 
     def _decode(self, action: str, reply: requests.Response) -> dict[str, Any]:
         """The success reply, or the shared.errors class that says what went wrong."""
@@ -461,6 +478,16 @@ def _kind_of(text: str) -> str:
     if stripped.startswith(("{", "[")):
         return "truncated or malformed JSON"
     return "a body that is not JSON"
+
+
+def before_sending(exc: requests.RequestException) -> bool:
+    """Whether the failure happened while connecting (TCP or TLS), before any byte of the
+    request went out."""
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
 def _transport_reason(exc: requests.RequestException) -> str:

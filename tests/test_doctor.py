@@ -15,7 +15,7 @@ from rq import SimpleWorker
 from provisioner import doctor_checks, doctor_order
 from provisioner.doctor import Context, Result, run_checks
 from sandbox.fixtures import standard_document
-from shared import keys
+from shared import keys, outbox
 from shared.config import DEFAULT_CHANNEL
 from shared.queueing import JOB_PATH, provisioning_queue
 from subscriber import intake
@@ -474,3 +474,33 @@ def test_cli_reports_bad_configuration_as_a_failed_line(app_env, healthy):
     assert "cannot be read" in checks["private key file"]["detail"]
     assert checks["whmcs credentials"]["detail"] == "not checked: configuration"
     assert checks["redis"]["ok"] and checks["database"]["ok"]
+
+
+@pytest.mark.parametrize(
+    ("waiting", "ok", "shown"),
+    [
+        ({}, True, "prov:outbox is empty"),
+        (
+            {
+                "8015g00000ABCDEAAA": outbox.first("Failed", NOW - 7200, "SF_AUTH"),
+                "8015g00000ABCDFAAA": outbox.first("Activated", NOW - 10, "503"),
+            },
+            False,
+            "2 outcome(s) wait",
+        ),
+        ({"8015g00000ABCDEAAA": None}, False, "1 outcome(s) wait"),  # unreadable: still counted
+    ],
+)
+def test_outbox_verdict(waiting, ok, shown):
+    verdict = doctor_checks.outbox_verdict(waiting, NOW)
+    assert verdict.ok is ok and shown in verdict.detail
+    if len(waiting) == 2:
+        assert "Failed for Order 8015g00000ABCDEAAA" in verdict.detail
+        assert "first refused 2.0 h ago" in verdict.detail and "SF_AUTH" in verdict.detail
+
+
+def test_doctor_reports_waiting_outcomes(app_settings, redis_conn):
+    outbox.put(redis_conn, "8015g00000ABCDEAAA", outbox.first("Failed", time.time(), "403"))
+    ctx = Context(app_settings, {})
+    result = doctor_checks.waiting_outcomes(ctx)
+    assert not result.ok and "last refused with 403" in result.detail

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from healthcheck import probes
 from healthcheck.app import create_app
-from shared import keys
+from shared import keys, outbox
 from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.queueing import provisioning_queue
 from subscriber import intake
@@ -125,6 +125,21 @@ def test_stalled_subscriber_and_no_workers_degrade_but_answer_200(
     assert body["integrations"]["redis"]["subscriber"]["active"] is False
     assert "no live worker on the queue" in body["warnings"]
     assert any("subscriber not active" in w for w in body["warnings"])
+
+
+def test_outcomes_waiting_for_delivery_are_counted_with_the_oldest_age(
+    redis_conn, sqlite_engine, sqlite_url
+):
+    now = time.time()
+    outbox.put(redis_conn, "8015g00000ABCDEAAA", outbox.first("Failed", now - 120, "SF_AUTH"))
+    outbox.put(redis_conn, "8015g00000ABCDFAAA", outbox.first("Activated", now - 5, "503"))
+
+    status, body, _ = get_health(app_for(TEST_REDIS_URL, sqlite_url).test_client())
+
+    assert status == 200
+    waiting = body["integrations"]["redis"]["outbox"]
+    assert waiting["waiting"] == 2 and 120 <= waiting["oldest_age_seconds"] < 600
+    assert any("2 outcome(s) wait for delivery to Salesforce" in w for w in body["warnings"])
 
 
 def test_unmigrated_database_is_a_warning(redis_conn, tmp_path):

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq import SimpleWorker, Worker
 
 from healthcheck.app import create_app
-from shared import db, keys
+from shared import db, keys, outbox
 from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.queueing import provisioning_queue
 from tests.fixtures.infra import TEST_REDIS_URL
@@ -127,6 +127,20 @@ def test_metrics_parse_and_report_queue_subscriber_and_fulfilments(redis_conn, a
     accept = {"step": "whmcs_accept", "outcome": "ok"}
     assert value(found, "provisioning_step_duration_seconds_bucket", **accept, le="0.25") == 0
     assert value(found, "provisioning_step_duration_seconds_bucket", **accept, le="0.5") == 1
+
+
+def test_metrics_count_outcomes_waiting_for_delivery(redis_conn, sqlite_engine, sqlite_url):
+    settings = load_settings({"REDIS_URL": TEST_REDIS_URL, "DATABASE_URL": sqlite_url})
+    client = create_app({"SETTINGS": settings}).test_client()
+    found = samples(scrape_text(client))
+    assert value(found, "provisioning_outcomes_waiting") == 0
+    assert value(found, "provisioning_outcomes_waiting_oldest_age_seconds") == 0
+
+    outbox.put(redis_conn, ORDER, outbox.first("Failed", time.time() - 300, "403"))
+    found = samples(scrape_text(client))
+
+    assert value(found, "provisioning_outcomes_waiting") == 1
+    assert 300 <= value(found, "provisioning_outcomes_waiting_oldest_age_seconds") < 900
 
 
 def test_metrics_still_parse_when_redis_is_stopped(tmp_path, sqlite_engine, sqlite_url):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -99,6 +100,32 @@ def test_a_refused_login_is_sf_auth(sf, world, sandbox_admin):
         sf.query("SELECT Id FROM Order")
     assert caught.value.code == "SF_AUTH"
     assert "approve" in caught.value.message
+
+
+def test_while_logins_fail_a_process_tries_at_most_once_per_backoff(
+    app_settings, redis_conn, sandbox_admin
+):
+    ahead = [0.0]  # the provider's clock runs ahead of the sandbox's (JWT exp within 300 s)
+    tokens = TokenProvider(
+        app_settings.salesforce, redis_conn, clock=lambda: time.time() + ahead[0]
+    )
+    assert tokens.login_backoff == 60  # SF_LOGIN_BACKOFF's default
+    sandbox_admin.set_app(approved=False)
+    for _ in range(5):  # the reaper retrying deliveries, a job, the subscriber reconnecting ...
+        with pytest.raises(AuthError) as caught:
+            tokens.current()
+        assert caught.value.code == "SF_AUTH"
+    assert sandbox_admin.sf_counters()["login_refusals"] == 1
+    assert "no new login attempt" in caught.value.message
+
+    sandbox_admin.set_app(approved=True)
+    ahead[0] = 55
+    with pytest.raises(AuthError):
+        tokens.current()
+    assert sandbox_admin.sf_counters()["login_refusals"] == 1
+    ahead[0] = 61
+    assert tokens.current().access_token
+    assert sandbox_admin.sf_counters()["logins"] == 1
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from shared.errors import (
 )
 from shared.whmcs import AddOrderResult, OrderLine, WhmcsClient, encode
 from tests.whmcs_support import ACCESS_KEY, IDENTIFIER, SECRET, Running, running_whmcs
+from worker import ordering
 
 CREDENTIALS = (IDENTIFIER, SECRET, ACCESS_KEY)
 
@@ -107,6 +108,30 @@ def test_add_order_sends_indexed_arrays_flags_and_notes(whmcs, client):
         "noemail": "1",
         "notes": "SF-ORDER:8015g00000AbCdEAAZ",
     }
+    assert whmcs.emulator.admin("substitutions", {})["substitutions"] == []
+
+
+@pytest.mark.parametrize(
+    ("allowqty", "pids", "qty", "services", "service_qty"),
+    [
+        (0, {0: "5", 1: "5", 2: "5"}, None, 3, 1),  # repeated, as WHMCS's cart does
+        (1, {0: "5"}, {0: "3"}, 3, 1),  # one service per unit
+        (2, {0: "5"}, {0: "3"}, 1, 3),  # scaling: one service holding the quantity
+    ],
+)
+def test_add_order_carries_a_quantity_the_way_the_product_allows(
+    whmcs, client, allowqty, pids, qty, services, service_qty
+):
+    whmcs.emulator.billing.products[5]["allowqty"] = allowqty
+
+    result = client.add_order(1, "stripe", [OrderLine(5, "monthly", 3, allowqty)], "SF-ORDER:Q")
+
+    assert len(result.service_ids) == services
+    (call,) = logged(whmcs, "AddOrder")
+    assert call["params"]["pid"] == pids
+    assert call["params"].get("qty") == qty
+    (order,) = whmcs.emulator.admin("orders")["orders"]
+    assert [s["qty"] for s in order["services"]] == [service_qty] * services
     assert whmcs.emulator.admin("substitutions", {})["substitutions"] == []
 
 
@@ -327,6 +352,34 @@ def test_refused_connection(whmcs, make_client):
     with pytest.raises(ConnectionFailed, match="connection refused") as caught:
         client.get_pay_methods(1)
     assert caught.value.code == "ECONNECTION"
+    # Nothing went out: an AddOrder refused like this ordered nothing (a definite refusal).
+    with pytest.raises(ConnectionFailed) as refused:
+        client.add_order(1, "stripe", LINES, "n")
+    assert refused.value.request_sent is False
+    assert not ordering.outcome_unknown(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "unknown"),
+    [
+        ("reset", {}, True),  # reset after the request went out
+        ("hang", {"seconds": 30}, True),
+        ("html", {"status": 500}, True),
+        ("html", {"status": 502}, True),
+        ("html", {"status": 504}, True),
+        ("html", {"status": 503}, False),
+        ("status", {"status": 429, "body": "json"}, False),
+        ("error", {}, False),
+    ],
+)
+def test_which_addorder_failures_leave_the_outcome_unknown(
+    whmcs, make_client, kind, params, unknown
+):
+    client = make_client(write_timeout=0.5)
+    whmcs.faults.add("whmcs.AddOrder", kind, 1, **params)
+    with pytest.raises(IntegrationError) as caught:
+        client.add_order(1, "stripe", LINES, "n")
+    assert ordering.outcome_unknown(caught.value) is unknown
 
 
 def test_reads_use_the_read_timeout_and_writes_the_write_timeout(whmcs, make_client):

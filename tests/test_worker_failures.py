@@ -83,9 +83,8 @@ def _no_gateway(doc):
     _client(doc)["paymethods"][0]["gateway_name"] = ""
 
 
-def _quantity_not_allowed(doc):
-    _sf(doc)["orders"][0]["items"][0]["Quantity"] = 2
-    doc["whmcs"]["products"][0]["allowqty"] = 0
+def _fractional_quantity(doc):
+    _sf(doc)["orders"][0]["items"][0]["Quantity"] = 1.5  # only zero, negative or fractional fail
 
 
 def fault(target, kind, count=1, **params):
@@ -107,7 +106,7 @@ CASES = [
         doc=lambda d: _sf(d)["products"][0].update(Billing_Cycle__c="Quarterly"),
     ),  # priced -1.00: WHMCS would silently bill monthly
     Case("UNKNOWN_WHMCS_PRODUCT", doc=lambda d: _sf(d)["products"][0].update(WH_Product_ID__c=99)),
-    Case("INVALID_QUANTITY", doc=_quantity_not_allowed),
+    Case("INVALID_QUANTITY", doc=_fractional_quantity),
     Case("409", doc=lambda d: _client(d).pop("paymethods")),
     Case("NO_GATEWAY", doc=_no_gateway),
     Case("SERVICE_COUNT_MISMATCH", doc=_stale_catalogue, setup=_seed_catalogue),

@@ -3,6 +3,7 @@ success, duplicates, lease contention, unknown outcomes and manual retries (exac
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -10,9 +11,11 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from sandbox.fixtures import standard_document
-from shared import keys
+from shared import keys, outbox
+from shared.salesforce import SalesforceClient
+from shared.sfauth import TokenProvider
 from tests.worker_support import enqueue, event_from, failed_job_ids, latest, tuned, work
-from worker import orchestrator
+from worker import orchestrator, reaper
 from worker.records import Records
 
 STEP_NAMES = list(orchestrator.STEPS)
@@ -21,6 +24,16 @@ STEP_NAMES = list(orchestrator.STEPS)
 @pytest.fixture
 def world(sandbox_admin):
     return sandbox_admin.load(standard_document(orders=2))["refs"]
+
+
+@pytest.fixture
+def sweeper(app_settings, redis_conn, sqlite_engine):
+    """The reaper every worker runs, in this process (its delivery of waiting outcomes)."""
+    sf = SalesforceClient(
+        app_settings.salesforce, TokenProvider(app_settings.salesforce, redis_conn)
+    )
+    yield reaper.Reaper(redis_conn, Records(sqlite_engine), sf, order_lock_ttl=2)
+    sf.close()
 
 
 def approve_and_enqueue(admin, conn, settings, order_id):
@@ -220,24 +233,53 @@ def test_a_failed_accept_then_retry_accepts_the_same_order(
     assert sandbox_admin.order(world["o1"])["Activation_Status__c"] == "Activated"
 
 
-def test_a_lost_success_update_then_retry_does_not_order_again(
-    world, sandbox_admin, app_settings, redis_conn
+def test_a_refused_success_update_is_delivered_and_a_retry_finishes_without_ordering(
+    world, sandbox_admin, app_settings, redis_conn, sqlite_engine, sweeper
 ):
     sandbox_admin.add_fault("sf.patch", "status", status=503)  # the Activated PATCH only
     approve_and_enqueue(sandbox_admin, redis_conn, app_settings, world["o1"])
     work(app_settings)
+    # Never Failed once the success PATCH went out: Activated waits for delivery.
     stored = sandbox_admin.order(world["o1"])
-    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == ("Failed", "503")
-    assert whmcs_orders(sandbox_admin)[0]["status"] == "Active"
+    assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
+        "Activating",
+        None,
+    )
+    (made,) = whmcs_orders(sandbox_admin)
+    assert made["status"] == "Active"
+    waiting = outbox.Waiting.loads(redis_conn.hget(keys.OUTBOX, world["o1"]))
+    assert (waiting.status, waiting.whmcs_order_id, waiting.last_error) == (
+        "Activated",
+        made["id"],
+        "503",
+    )
+    assert latest(sqlite_engine, world["o1"])[0].status == "activated"
 
+    assert sweeper.deliver(time.time() + 3600) == [world["o1"]]
+    stored = sandbox_admin.order(world["o1"])
+    assert stored["Activation_Status__c"] == "Activated"
+    assert stored["WHMCS_Order_ID__c"] == str(made["id"])
+    assert not redis_conn.hlen(keys.OUTBOX)
+
+    # Provision / Retry on the Activated order: Activating with WHMCS_Order_ID__c set is
+    # finished against the named order, not skipped, and nothing is ordered again.
     retry_and_enqueue(sandbox_admin, redis_conn, app_settings, world["o1"])
     work(app_settings)
 
     assert len(whmcs_orders(sandbox_admin)) == 1
-    assert sandbox_admin.whmcs_counters()["AcceptOrder"] == 1  # already Active: not re-accepted
+    counters = sandbox_admin.whmcs_counters()
+    assert (counters["AddOrder"], counters["AcceptOrder"]) == (1, 1)  # already Active
     stored = sandbox_admin.order(world["o1"])
     assert stored["Activation_Status__c"] == "Activated"
-    assert stored["WHMCS_Order_ID__c"] == str(whmcs_orders(sandbox_admin)[0]["id"])
+    assert stored["WHMCS_Order_ID__c"] == str(made["id"])
+    attempt, steps = latest(sqlite_engine, world["o1"])
+    assert attempt.status == "activated" and attempt.whmcs_order_id == made["id"]
+    assert [(s.step, s.outcome) for s in steps] == [
+        ("validation", "ok"),
+        ("whmcs_create", "resumed"),
+        ("whmcs_accept", "skipped"),
+        ("sf_success_update", "ok"),
+    ]
 
 
 def test_a_cancelled_whmcs_order_is_not_adopted(world, sandbox_admin, app_settings, redis_conn):

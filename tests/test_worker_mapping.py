@@ -114,7 +114,10 @@ def test_cycle_priced(pid, cycle, ok):
         (item(cycle=None), "INVALID_BILLING_CYCLE"),
         (item(cycle="Quarterly"), "INVALID_BILLING_CYCLE"),
         (item(quantity=1.5), "INVALID_QUANTITY"),
-        (item(quantity=2), "INVALID_QUANTITY"),  # product 1 does not allow quantities
+        (item(quantity=0), "INVALID_QUANTITY"),
+        (item(quantity=-2), "INVALID_QUANTITY"),
+        (item(quantity="2.5"), "INVALID_QUANTITY"),
+        (item(quantity=2), ""),  # product 1 does not allow quantities: repeated per unit
         (item(pid=5, quantity=3), ""),
         (item(pid=6, quantity=3), ""),
     ],
@@ -123,12 +126,12 @@ def test_map_item(line, code):
     assert mapping.map_item(line, CATALOGUE).gap_code == code
 
 
-@pytest.mark.parametrize(("pid", "services"), [(1, 1), (5, 3), (6, 1)])
-def test_services_expected_per_line(pid, services):
-    quantity = 1 if pid == 1 else 3
-    assert (
-        mapping.map_item(item(pid=pid, quantity=quantity), CATALOGUE).expected_services == services
-    )
+@pytest.mark.parametrize(
+    ("pid", "services", "allowqty"), [(1, 3, 0), (5, 3, 1), (6, 1, 2)]
+)  # one service per unit, whatever allowqty; "scaling" holds the quantity in one service
+def test_services_expected_per_line(pid, services, allowqty):
+    mapped = mapping.map_item(item(pid=pid, quantity=3), CATALOGUE)
+    assert (mapped.expected_services, mapped.allowqty) == (services, allowqty)
 
 
 def test_error_names_every_product_to_fix_and_the_most_basic_code():

@@ -12,7 +12,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from sandbox.fixtures import standard_document
-from shared import keys
+from shared import keys, outbox
 from shared.queueing import provisioning_queue
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
@@ -108,19 +108,27 @@ def test_a_job_that_recorded_its_outcome_needs_no_salesforce_call(
     assert records.get(attempt.id).error_code == "409"
 
 
-def test_salesforce_down_keeps_the_entry_for_the_next_pass(
+def test_salesforce_down_leaves_the_outcome_waiting_for_delivery(
     order_id, sweeper, redis_conn, sqlite_engine, sandbox_admin
 ):
     records = Records(sqlite_engine)
     attempt = abandon(redis_conn, records, order_id)
     sandbox_admin.add_fault("sf.query", "status", count=1, status=503)
 
-    assert sweeper.run_once() == []
-    assert redis_conn.hlen(keys.INFLIGHT) == 1
-    assert records.get(attempt.id).status == "running"
+    now = time.time()
+    assert sweeper.run_once(now) == [order_id]
+    assert redis_conn.hlen(keys.INFLIGHT) == 0
+    after = records.get(attempt.id)
+    assert (after.status, after.error_code) == ("failed", "WORKER_LOST")
+    assert "Salesforce not updated: 503 yet" in after.error_message
+    waiting = outbox.Waiting.loads(redis_conn.hget(keys.OUTBOX, order_id))
+    assert (waiting.status, waiting.code, waiting.attempts) == ("Failed", "WORKER_LOST", 1)
+    assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
 
-    assert sweeper.run_once() == [order_id]
+    assert sweeper.run_once(now + 1) == []  # backing off
+    assert sweeper.run_once(now + outbox.backoff(1) + 1) == [order_id]
     assert sandbox_admin.order(order_id)["Activation_Error_Code__c"] == "WORKER_LOST"
+    assert not redis_conn.hlen(keys.OUTBOX)
 
 
 @pytest.mark.parametrize(
@@ -337,7 +345,9 @@ def test_a_failure_salesforce_did_not_take_is_delivered_by_the_reaper(
     work(app_settings)
     assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
     attempt, _steps = latest(sqlite_engine, order_id)
-    assert (attempt.status, attempt.error_code) == ("running", "503")
+    assert (attempt.status, attempt.error_code) == ("failed", "503")
+    assert "Salesforce not updated yet: 503" in attempt.error_message
+    assert outbox.Waiting.loads(redis_conn.hget(keys.OUTBOX, order_id)).code == "503"
 
     assert job_sweeper.run_once(now=time.time() + LATER) == [order_id]
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.errors import InvalidEvent, OrderError
-from worker import steps
+from worker import ordering, steps
 from worker.records import Attempt
 
 ORDER = "8015g00000AbCdEAAV"
@@ -85,7 +85,7 @@ def test_validation_accepts_15_and_18_characters():
         ({"Activation_Status__c": "Activated"}, "status=Activated"),
         ({"Activation_Status__c": "Failed"}, "status=Failed"),
         ({"Activation_Status__c": None}, "status=empty"),
-        ({"WHMCS_Order_ID__c": "12"}, "status=Activating but WHMCS_Order_ID__c=12 is already set"),
+        ({"WHMCS_Order_ID__c": "12"}, None),  # finished, not skipped (worker/ordering.py)
     ],
 )
 def test_guard(changes, skip):
@@ -109,7 +109,10 @@ def test_parse_order_sorts_items_and_reads_the_account_field():
     parsed = order()
     assert [i.number for i in parsed.items] == ["0000000201", "0000000202"]
     assert parsed.account_client_value == "1"
-    assert steps.notes_for(parsed) == f"Salesforce Order 00000101 SF-ORDER:{ORDER}"
+    assert (
+        ordering.notes_for(parsed.number, parsed.id)
+        == f"Salesforce Order 00000101 SF-ORDER:{ORDER}"
+    )
 
 
 def test_order_details_checks_pricebook_and_items():
@@ -153,7 +156,7 @@ TAG = f"Salesforce Order 101 SF-ORDER:{ORDER}"
     ],
 )
 def test_pick_existing(orders, known, found, duplicates):
-    picked, others = steps.pick_existing(orders, ORDER, known)
+    picked, others = ordering.pick_existing(orders, ORDER, known)
     assert (picked.order_id if picked else None) == found
     assert others == duplicates
 
@@ -175,13 +178,13 @@ def dated(day_time: str) -> dict:
     ],
 )
 def test_the_lookup_pages_back_to_the_cutoff(page, cutoff, last):
-    assert steps.last_page(page, 2, cutoff) is last
+    assert ordering.last_page(page, 2, cutoff) is last
 
 
 def test_parse_whmcs_order_reads_services_and_empty_lineitems():
-    parsed = steps.parse_whmcs_order(whmcs_order("12", TAG, services=(3, 4)))
+    parsed = ordering.parse_whmcs_order(whmcs_order("12", TAG, services=(3, 4)))
     assert (parsed.order_id, parsed.service_ids, parsed.invoice_id) == (12, (3, 4), 9)
-    assert steps.parse_whmcs_order(whmcs_order(13, services=())).service_ids == ()
+    assert ordering.parse_whmcs_order(whmcs_order(13, services=())).service_ids == ()
 
 
 def attempt(create_started_at=None, whmcs_order_id=None):
@@ -208,12 +211,12 @@ def attempt(create_started_at=None, whmcs_order_id=None):
     ],
 )
 def test_earlier_attempts_decide_the_lookup(earlier, may_have, recent):
-    assert steps.may_have_ordered(earlier) is may_have
-    assert steps.unknown_create_is_recent(earlier, NOW, timedelta(seconds=90)) == recent
+    assert ordering.may_have_ordered(earlier) is may_have
+    assert ordering.unknown_create_is_recent(earlier, NOW, timedelta(seconds=90)) == recent
 
 
 def test_service_count():
-    steps.check_service_count(steps.WhmcsOrder(1, (1, 2), None), 2)
+    ordering.check_service_count(ordering.WhmcsOrder(1, (1, 2), None), 2)
     with pytest.raises(OrderError) as mismatch:
-        steps.check_service_count(steps.WhmcsOrder(1, (1,), None), 2)
+        ordering.check_service_count(ordering.WhmcsOrder(1, (1,), None), 2)
     assert mismatch.value.code == "SERVICE_COUNT_MISMATCH"

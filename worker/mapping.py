@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import MappingError
+from shared.whmcs import OrderLine
 
 RECURRING = ("monthly", "quarterly", "semiannually", "annually", "biennially", "triennially")
 
@@ -34,7 +35,9 @@ GAP_CODES = (
     "INVALID_QUANTITY",
 )
 UNPRICED = -1.0
-SCALING = 2  # GetProducts allowqty: 1 = one service per unit, 2 = one service holding the qty
+# GetProducts allowqty: 0 (WHMCS's default) = no qty field, the product is repeated once per unit;
+# 1 = qty, one service per unit; 2 = qty, one service holding it ("scaling").
+SCALING = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,16 @@ class OrderItem:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What mapping decided: who is ordering what."""
+
+    client_id: int
+    lines: tuple[OrderLine, ...]
+    report: tuple[dict[str, Any], ...]
+    expected_services: int
+
+
+@dataclass(frozen=True)
 class MappedItem:
     item: OrderItem
     pid: int | None
@@ -59,6 +72,7 @@ class MappedItem:
     gap_code: str = ""
     gap: str = ""
     services: int | None = None  # services WHMCS creates for the line; None: one per unit
+    allowqty: int = 0  # the product's GetProducts allowqty: how AddOrder must carry the quantity
 
     @property
     def ok(self) -> bool:
@@ -132,17 +146,18 @@ def map_item(item: OrderItem, catalogue: Mapping[int, Mapping[str, Any]]) -> Map
             mapped, "INVALID_BILLING_CYCLE", f"Billing_Cycle__c {item.billing_cycle!r} unknown"
         )
     if quantity is None:
-        return _gap(mapped, "INVALID_QUANTITY", f"quantity {item.quantity!r} is not a whole number")
+        return _gap(
+            mapped, "INVALID_QUANTITY", f"quantity {item.quantity!r} is not a positive whole number"
+        )
     product = catalogue.get(pid)
     if product is None:
         return _gap(mapped, "UNKNOWN_WHMCS_PRODUCT", f"WHMCS has no product {pid}")
+    # Every allowqty orders one service per unit (2, "scaling": one service holding the qty);
+    # shared/whmcs.py encodes each kind the way WHMCS reads it.
     allowqty = parse_positive_int(product.get("allowqty")) or 0
-    if quantity > 1 and not allowqty:
-        # WHMCS would ignore qty and create one service where the customer bought several.
-        why = f"quantity {quantity}, but WHMCS product {pid} does not allow quantities"
-        return _gap(mapped, "INVALID_QUANTITY", why)
-    if allowqty == SCALING:
-        mapped = MappedItem(item, pid, cycle, quantity, services=1)
+    mapped = dataclasses.replace(
+        mapped, allowqty=allowqty, services=1 if allowqty == SCALING else None
+    )
     if not cycle_priced(product, cycle):
         return _gap(
             mapped, "INVALID_BILLING_CYCLE", f"{cycle} is not priced for WHMCS product {pid}"

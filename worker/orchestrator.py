@@ -3,10 +3,16 @@
     validation -> sf_status_update -> order_details -> mapping -> payment_method
                -> whmcs_create -> whmcs_accept -> sf_success_update
 
+An order that reads Activating with WHMCS_Order_ID__c already set (a Retry on an Activated
+order) is finished instead: validation -> whmcs_create (the named order, checked to be this
+order's) -> whmcs_accept -> sf_success_update; no new WHMCS order.
+
 Exactly once: the order's lease keeps a second worker out; `fulfilments` remembers what WHMCS
 was asked and answered, so a later attempt adopts the order an earlier one made instead of
-ordering again. Every failure is re-raised after the order is marked Failed, so RQ files the job
-with its traceback in the failed registry.
+ordering again (worker/ordering.py). Every failure is re-raised after the order is marked Failed,
+so RQ files the job with its traceback in the failed registry. Once the success PATCH is sent,
+nothing marks the order Failed. An outcome Salesforce did not take waits in `prov:outbox` for the
+reaper to deliver (shared/outbox.py).
 """
 
 from __future__ import annotations
@@ -19,16 +25,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared import outbox
 from shared.config import Settings
 from shared.errors import (
-    IntegrationError,
     InvalidEvent,
     OrderNotFound,
     ProvisioningError,
@@ -42,7 +48,7 @@ from shared.logs import bind
 from shared.salesforce import SalesforceClient
 from shared.whmcs import WhmcsClient
 from worker import lease as leases
-from worker import steps
+from worker import ordering, steps
 from worker.records import ACTIVATED, FAILED, RUNNING, SKIPPED, Attempt, Records, StepRecord
 
 log = logging.getLogger(__name__)
@@ -57,9 +63,10 @@ STEPS = (
     "whmcs_accept",
     "sf_success_update",
 )
-# An AddOrder sent less than this long ago (write timeout + margin) may still be running in
-# WHMCS: an attempt that cannot find its order yet refuses to order again.
-UNKNOWN_CREATE_MARGIN = timedelta(seconds=30)
+
+
+ACTIVATED_SF, FAILED_SF = steps.ACTIVATED, steps.FAILED  # Activation_Status__c values
+UNKNOWN_CREATE_MARGIN = ordering.UNKNOWN_CREATE_MARGIN  # read here by bench/chaos.py
 
 
 def _retry_later(exc: Exception) -> bool:
@@ -140,6 +147,7 @@ class Run:
         self.pending: list[StepRecord] = []
         self.accepted_at: datetime | None = None
         self.interrupted = False
+        self.success_sent = False  # the success PATCH went out: never mark the order Failed
         self._held: contextlib.ExitStack | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._write: Future[None] | None = None
@@ -181,6 +189,11 @@ class Run:
                 skip = steps.guard(self.order) or ""
                 if skip:
                     log.info(f"Guard sees {skip}; leaving the order alone")
+                elif self.order.whmcs_order_id:
+                    log.info(
+                        "Guard sees status=Activating with WHMCS_Order_ID__c set; finishing it",
+                        extra={"whmcs_order_id": self.order.whmcs_order_id},
+                    )
                 else:
                     log.info("Guard sees status=Activating")
             if skip:
@@ -188,7 +201,10 @@ class Run:
         if skip:
             return self._skip(skip)
         assert self.order is not None
-        self._run_steps(self.order)
+        if self.order.whmcs_order_id:
+            self._finish_recorded(self.order)
+        else:
+            self._run_steps(self.order)
         return self._succeed()
 
     def _take_lease(self, held: contextlib.ExitStack) -> bool:
@@ -230,92 +246,76 @@ class Run:
             gateway = steps.payment_gateway(whmcs, plan.client_id, settings.whmcs.default_gateway)
             note.fields = {"gateway": gateway}
         with self.step("whmcs_create") as note:
-            self.whmcs_order = self._create(order, plan, gateway, note)
-            steps.check_service_count(self.whmcs_order, plan.expected_services)
+            self.whmcs_order, resumed = self._placement().place(
+                plan, gateway, ordering.notes_for(order.number, order.id)
+            )
+            note.fields = ordering.ids(self.whmcs_order)
+            if resumed:
+                note.outcome = "resumed"
+                note.detail = f"WHMCS order {self.whmcs_order.order_id} from an earlier attempt"
+            ordering.check_service_count(self.whmcs_order, plan.expected_services)
         with self.step("whmcs_accept") as note:
             self._require_lease("AcceptOrder")
             if not steps.accept_order(whmcs, self.whmcs_order):
                 note.skipped("WHMCS order already Active")
             self.accepted_at = self.s.clock()
+        self._success_update(order)
+
+    def _finish_recorded(self, order: steps.Order) -> None:
+        """Activating with WHMCS_Order_ID__c set (a Retry on an Activated order, or one whose
+        success PATCH landed unseen): no new order. Check that the named WHMCS order is this
+        order's, accept it if still Pending, write Activated; else fail WHMCS_ORDER_MISMATCH."""
+        with self.step("whmcs_create") as note:
+            self.whmcs_order = ordering.find_recorded_order(
+                self.s.whmcs, order.id, order.whmcs_order_id
+            )
+            note.outcome = "resumed"
+            note.detail = f"WHMCS order {self.whmcs_order.order_id} named by WHMCS_Order_ID__c"
+            note.fields = ordering.ids(self.whmcs_order)
+            self._checkpoint_soon(**ordering.columns(self.whmcs_order))
+        with self.step("whmcs_accept") as note:
+            self._require_lease("AcceptOrder")
+            if not steps.accept_order(self.s.whmcs, self.whmcs_order):
+                note.skipped("WHMCS order already Active")
+            self.accepted_at = self.s.clock()
+        self._success_update(order)
+
+    def _success_update(self, order: steps.Order) -> None:
+        assert self.whmcs_order is not None
         with self.step("sf_success_update"):
             self._require_lease("the success update")
-            steps.sf_success_update(sf, order.id, self.whmcs_order.order_id)
+            self.success_sent = True
+            steps.sf_success_update(self.s.salesforce, order.id, self.whmcs_order.order_id)
+        self._outcome_delivered()
 
-    # --- whmcs_create: look before you order, record before you move on ---
-
-    def _create(
-        self, order: steps.Order, plan: steps.Plan, gateway: str, note: StepNote
-    ) -> steps.WhmcsOrder:
-        found = self._earlier_whmcs_order(plan)
-        if found is not None:
-            note.outcome = "resumed"
-            note.detail = f"WHMCS order {found.order_id} from an earlier attempt"
-            log.info("Resuming WHMCS order from an earlier attempt", extra=_ids(found))
-            self._checkpoint_soon(whmcs_client_id=plan.client_id, **_columns(found))
-            return found
-        self._require_lease("AddOrder")
-        sent_at = self.s.clock()
-        self._checkpoint(whmcs_client_id=plan.client_id, create_started_at=sent_at)
-        try:
-            created = steps.create_order(self.s.whmcs, plan, gateway, steps.notes_for(order))
-        except ProvisioningError as exc:
-            if not steps.outcome_unknown(exc):
-                # A definite refusal (result=error, 403, 4xx): nothing was created.
-                with contextlib.suppress(SQLAlchemyError):
-                    self._checkpoint(create_started_at=None)
-                raise
-            created = self._reconcile_after(exc, plan, sent_at)
-        self._checkpoint_soon(**_columns(created))
-        log.info("WHMCS order created", extra=_ids(created))
-        note.fields = _ids(created)
-        return created
-
-    def _earlier_whmcs_order(self, plan: steps.Plan) -> steps.WhmcsOrder | None:
-        if not steps.may_have_ordered(self.earlier):
-            return None
-        known = [a.whmcs_order_id for a in self.earlier if a.whmcs_order_id]
-        since = min(a.create_started_at for a in self.earlier if a.create_started_at is not None)
-        found = steps.find_existing_order(self.s.whmcs, plan.client_id, self.order_id, known, since)
-        if found is None:
-            window = timedelta(seconds=self.s.settings.whmcs.write_timeout) + UNKNOWN_CREATE_MARGIN
-            sent = steps.unknown_create_is_recent(self.earlier, self.s.clock(), window)
-            if sent is not None:
-                raise IntegrationError(
-                    f"an earlier AddOrder sent at {sent:%H:%M:%S} UTC has no known outcome and "
-                    "WHMCS shows no order yet; Provision / Retry after "
-                    f"{sent + window:%H:%M:%S} UTC",
-                    system="whmcs",
-                    code="ETIMEOUT",
-                )
-        return found
-
-    def _reconcile_after(
-        self, exc: ProvisioningError, plan: steps.Plan, sent_at: datetime
-    ) -> steps.WhmcsOrder:
-        """AddOrder's outcome is unknown: it may have created the order. Look once."""
-        log.warning("AddOrder outcome unknown; looking for the order in WHMCS")
-        try:
-            found = steps.find_existing_order(
-                self.s.whmcs, plan.client_id, self.order_id, [], sent_at
-            )
-        except ProvisioningError as lookup:
-            log.warning("Lookup after AddOrder failed", extra={"error_code": lookup.code})
-            found = None
-        if found is None:
-            raise IntegrationError(
-                f"{exc.message}; AddOrder outcome unknown: the next attempt looks for the order "
-                "in WHMCS before ordering again",
-                system="whmcs",
-                code=exc.code,
-                status=getattr(exc, "status", None),
-            ) from exc
-        return found
+    def _placement(self) -> ordering.Placement:
+        return ordering.Placement(
+            whmcs=self.s.whmcs,
+            order_id=self.order_id,
+            earlier=self.earlier,
+            write_timeout=self.s.settings.whmcs.write_timeout,
+            clock=self.s.clock,
+            checkpoint=self._checkpoint,
+            checkpoint_soon=self._checkpoint_soon,
+            require_lease=self._require_lease,
+        )
 
     # --- endings ---
 
     def _succeed(self) -> Outcome:
         assert self.whmcs_order is not None
-        self._checkpoint(status=ACTIVATED, accepted_at=self.accepted_at, finished_at=self.s.clock())
+        try:
+            self._checkpoint(
+                status=ACTIVATED, accepted_at=self.accepted_at, finished_at=self.s.clock()
+            )
+        except Exception as exc:
+            # Salesforce says Activated: that stands, whatever the database says. The in-flight
+            # entry stays, so the reaper records the attempt once the lease is free.
+            self.interrupted = True
+            log.error(
+                "Could not record the outcome in the database; the reaper records it",
+                extra={"error_code": error_code(exc), "error": type(exc).__name__},
+            )
         log.info("Activated")
         self._canonical(ACTIVATED, whmcs_order_id=self.whmcs_order.order_id)
         return Outcome(ACTIVATED, self.order_id, whmcs_order_id=self.whmcs_order.order_id)
@@ -328,26 +328,89 @@ class Run:
     def _fail(self, exc: Exception) -> None:
         code = error_code(exc)
         message = short_message(_message(exc), self.s.settings.secrets())
+        if self.success_sent:
+            self._success_undelivered(exc, code, message)
+            return
         status = FAILED
+        note = message
         if self._may_mark_failed(exc):
             undelivered = self._mark_failed(code, message)
-            if undelivered is not None and _retry_later(undelivered):
-                # Salesforce did not take the Failed status (down, timing out). The attempt stays
-                # `running` with its code and the reaper delivers it once Salesforce answers
-                # (worker/reaper.py), so the order is not left Activating.
-                status = RUNNING
-            elif undelivered is not None:
-                message = short_message(
-                    f"{message} [Salesforce not updated: {error_code(undelivered)}]"
+            if undelivered is None:
+                self._outcome_delivered()
+            elif self._keep(
+                outbox.first(
+                    FAILED_SF,
+                    time.time(),
+                    error_code(undelivered),
+                    code=code,
+                    message=message,
+                    job_id=self.event.job_id,
                 )
+            ):
+                note = (
+                    f"{message} [Salesforce not updated yet: {error_code(undelivered)}; "
+                    "the reaper delivers it]"
+                )
+            elif _retry_later(undelivered):
+                # No outbox either (Redis down): the attempt stays `running` with its code and
+                # the reaper delivers it from RQ's failed registry (worker/reaper.py).
+                status = RUNNING
+            else:
+                note = f"{message} [Salesforce not updated: {error_code(undelivered)}]"
         elif self.order_id and self.lease is None:
             # Taking the lease itself failed (Redis): whether the order was ours to touch is
             # unknown, so it may stay Activating. The attempt stays `running`, with its code:
             # the reaper settles it once it can take the lease (worker/reaper.py).
             status = RUNNING
         extra = {"accepted_at": self.accepted_at} if self.accepted_at else {}
-        self._finish_record(status=status, error_code=code, error_message=message, **extra)
+        note = short_message(note)
+        self._finish_record(status=status, error_code=code, error_message=note, **extra)
         self._canonical(FAILED, error_code=code, error_message=message)
+
+    def _success_undelivered(self, exc: Exception, code: str, message: str) -> None:
+        """The success PATCH was sent and not confirmed (timeout, 5xx, refusal): the order is
+        Activated in WHMCS and may already read so in Salesforce. Never Failed: the Activated
+        outcome waits in the outbox until Salesforce takes it."""
+        assert self.whmcs_order is not None
+        whmcs_order_id = self.whmcs_order.order_id
+        kept = self._keep(
+            outbox.first(
+                ACTIVATED_SF,
+                time.time(),
+                code,
+                whmcs_order_id=whmcs_order_id,
+                job_id=self.event.job_id,
+            )
+        )
+        note = short_message(
+            f"WHMCS order {whmcs_order_id} accepted; Salesforce did not confirm Activated: "
+            f"{message}" + ("; the reaper delivers it" if kept else "")
+        )
+        extra = {"accepted_at": self.accepted_at} if self.accepted_at else {}
+        self._finish_record(status=ACTIVATED, error_code=code, error_message=note, **extra)
+        self._canonical(
+            ACTIVATED, whmcs_order_id=whmcs_order_id, error_code=code, salesforce_updated=False
+        )
+
+    def _keep(self, waiting: outbox.Waiting) -> bool:
+        """Leave an outcome Salesforce did not take to the reaper (prov:outbox)."""
+        try:
+            outbox.put(self.s.redis, self.order_id, waiting)
+        except redis.RedisError as exc:
+            log.error("Could not keep the outcome for delivery", extra={"error": repr(exc)})
+            return False
+        log.warning(
+            "Outcome kept for delivery to Salesforce",
+            extra={"salesforce_status": waiting.status, "update_error_code": waiting.last_error},
+        )
+        return True
+
+    def _outcome_delivered(self) -> None:
+        """Salesforce took this job's outcome: an older one still waiting is obsolete."""
+        try:
+            outbox.remove(self.s.redis, self.order_id)
+        except redis.RedisError as exc:
+            log.warning("Could not clear the outbox entry", extra={"error": repr(exc)})
 
     def _may_mark_failed(self, exc: Exception) -> bool:
         """Touch the Salesforce order only when it is ours to touch."""
@@ -505,22 +568,6 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return f"Redis unavailable: {type(exc).__name__}"
     return f"internal error: {type(exc).__name__}"
-
-
-def _ids(order: steps.WhmcsOrder) -> dict[str, Any]:
-    return {
-        "whmcs_order_id": order.order_id,
-        "whmcs_service_ids": list(order.service_ids),
-        "whmcs_invoice_id": order.invoice_id,
-    }
-
-
-def _columns(order: steps.WhmcsOrder) -> dict[str, Any]:
-    return {
-        "whmcs_order_id": order.order_id,
-        "whmcs_service_ids": order.service_ids,
-        "whmcs_invoice_id": order.invoice_id,
-    }
 
 
 def _printable(raw: Any) -> str:

@@ -21,6 +21,13 @@ one Salesforce call; with the default ORDER_LOCK_TTL=30:
   moved it to its failed registry first, one REAPER_INTERVAL after that.
 Both need at least one `python -m worker` running on the queue.
 
+It also delivers the outcomes Salesforce did not take (`prov:outbox`, see shared/outbox.py): each
+due entry is PATCHed under the order's lease, so never while a job runs on the order, and only
+while the order still reads Activating; a refusal (timeout, 5xx, 403, a 400 validation rule,
+SF_AUTH) puts it back with a longer wait (5 s doubling to 5 min). An outcome the reaper itself
+cannot deliver when it settles an abandoned job goes there too, and an order whose outcome waits
+there is never failed WORKER_LOST over it.
+
 It runs as a thread in every `python -m worker` process rather than between jobs: a loop between
 jobs would stall behind a long job, and RQ's dequeue blocks for minutes when the queue is idle.
 Several reapers are safe together: the order's lease lets only one act on an order.
@@ -43,12 +50,11 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from shared import keys, queueing
+from shared import keys, outbox, queueing
 from shared.errors import (
     ProvisioningError,
     WorkerLost,
     short_message,
-    transient,
 )
 from shared.salesforce import SalesforceClient
 from shared.sfid import is_valid_id, to18
@@ -141,7 +147,9 @@ class Reaper:
 
     def run_once(self, now: float | None = None) -> list[str]:
         """One scan of prov:inflight, then of the queue's RQ registries (judged as at `now`,
-        epoch seconds); returns the orders whose abandoned job was dealt with."""
+        epoch seconds), then of prov:outbox; returns the orders whose abandoned job was dealt
+        with or whose waiting outcome Salesforce took."""
+        now = time.time() if now is None else now
         reaped = []
         for order_id, raw in leases.entries(self.redis).items():
             if leases.lease_exists(self.redis, order_id):
@@ -149,8 +157,88 @@ class Reaper:
             if self._reap(order_id, raw):
                 reaped.append(order_id)
         if self.queue_name:
-            reaped += self._sweep_jobs(time.time() if now is None else now)
-        return reaped
+            reaped += self._sweep_jobs(now)
+        return reaped + self.deliver(now)
+
+    # --- prov:outbox: outcomes Salesforce did not take ---
+
+    def deliver(self, now: float) -> list[str]:
+        """PATCH every waiting outcome that is due, each under its order's lease (so never
+        while a job runs on the order); returns the orders Salesforce took an outcome for."""
+        delivered = []
+        for order_id, raw in outbox.entries(self.redis).items():
+            waiting = outbox.Waiting.loads(raw)
+            if waiting is None or not is_valid_id(order_id, "Order"):
+                log.error("Dropping an unreadable outbox entry", extra={"entry": repr(raw)[:200]})
+                outbox.remove(self.redis, order_id, raw)
+                continue
+            if not outbox.due(waiting, now) or leases.lease_exists(self.redis, order_id):
+                continue
+            lease = leases.Lease(self.redis, order_id, self.ttl)
+            if not lease.acquire():
+                continue
+            try:
+                if self.redis.hget(keys.OUTBOX, order_id) != raw:
+                    continue  # a job delivered its own outcome meanwhile, or another reaper did
+                if self._deliver_one(order_id, raw, waiting, now):
+                    delivered.append(order_id)
+            finally:
+                lease.release()
+        return delivered
+
+    def _deliver_one(self, order_id: str, raw: bytes, waiting: outbox.Waiting, now: float) -> bool:
+        try:
+            state = self._patch_outcome(order_id, waiting)
+        except (ProvisioningError, redis.RedisError) as exc:  # Redis: the shared token cache
+            again = outbox.refused_again(waiting, now, _code(exc))
+            outbox.put(self.redis, order_id, again)
+            log.warning(
+                "Outcome still not taken by Salesforce; will retry",
+                extra={
+                    "order_id": order_id,
+                    "salesforce_status": waiting.status,
+                    "update_error_code": again.last_error,
+                    "attempts": again.attempts,
+                    "retry_in_s": round(again.next_at - now, 1),
+                },
+            )
+            return False
+        outbox.remove(self.redis, order_id, raw)
+        log.log(
+            logging.INFO if state == waiting.status else logging.WARNING,
+            "Outcome delivered to Salesforce"
+            if state == waiting.status
+            else "Waiting outcome dropped: the order no longer reads Activating",
+            extra={
+                "order_id": order_id,
+                "job_id": waiting.job_id,
+                "outcome": waiting.status,
+                "error_code": waiting.code or None,
+                "salesforce_status": state,
+                "attempts": waiting.attempts + 1,
+                "waited_s": round(now - waiting.first_at, 1),
+            },
+        )
+        return True
+
+    def _patch_outcome(self, order_id: str, waiting: outbox.Waiting) -> str:
+        """PATCH the outcome if the order still reads Activating; its status afterwards."""
+        status = self._status(order_id)
+        if status != steps.ACTIVATING:
+            return status  # finished after all, or changed by hand: leave it alone
+        if waiting.status == steps.ACTIVATED and waiting.whmcs_order_id:
+            steps.sf_success_update(self.salesforce, order_id, waiting.whmcs_order_id)
+        else:
+            steps.sf_failure_update(self.salesforce, order_id, waiting.code, waiting.message)
+        return waiting.status
+
+    def _status(self, order_id: str) -> str:
+        records = self.salesforce.query(
+            f"SELECT Id, Activation_Status__c FROM Order WHERE Id = '{order_id}'"
+        )  # order_id was checked with is_valid_id by the caller
+        if not records:
+            return "not found"
+        return str(records[0].get("Activation_Status__c") or "empty")
 
     # --- prov:inflight: jobs that died holding the lease ---
 
@@ -255,27 +343,46 @@ class Reaper:
             # The job recorded its outcome (and so updated Salesforce) before it died.
             self._fail_rq_job(entry, f"worker stopped after the job ended ({attempt.status})")
             return True
+        waiting = outbox.Waiting.loads(self.redis.hget(keys.OUTBOX, order_id) or b"")
+        if waiting is not None:
+            # The job's outcome waits in prov:outbox: it is delivered from there, never
+            # overwritten with WORKER_LOST (an Activated one least of all).
+            self._record(order_id, entry, attempt, _waiting_values(waiting))
+            self._fail_rq_job(entry, f"outcome {waiting.status} waits for delivery")
+            return True
         code, message = outcome_to_deliver(attempt, entry, before_lease)
         message = short_message(message, self.secrets)
+        note = message
         try:
             state = self._mark_failed(order_id, code, message)
-        except ProvisioningError as exc:
-            if transient(exc):
-                log.warning(
-                    "Reaper could not update Salesforce; will retry",
-                    extra={"order_id": order_id, "error_code": exc.code},
-                )
-                return False
-            state = f"{NOT_UPDATED}: {exc.code}"
-            message = short_message(f"{message} [Salesforce {state}]")
-        values = closing_values(entry.job_id, attempt, state, code, message, not before_lease)
+        except (ProvisioningError, redis.RedisError) as exc:  # Redis: the shared token cache
+            # Not taken (down, refused, login failing): kept for delivery with back-off.
+            waiting = outbox.first(
+                steps.FAILED,
+                time.time(),
+                _code(exc),
+                code=code,
+                message=message,
+                job_id=entry.job_id,
+            )
+            outbox.put(self.redis, order_id, waiting)
+            state = f"{NOT_UPDATED}: {_code(exc)}"
+            note = short_message(f"{message} [Salesforce {state} yet; the reaper delivers it]")
+        values = closing_values(entry.job_id, attempt, state, code, note, not before_lease)
         self._record(order_id, entry, attempt, values)
         self._fail_rq_job(entry, f"{code}: {message}")
         # WORKER_LOST: the job died. Any other code: the job's own failure, which Salesforce or
         # Redis did not take at the time, delivered now.
         lost = code == WorkerLost.code
-        log.error(
-            "Abandoned job reaped" if lost else "Job failure delivered to Salesforce by the reaper",
+        if values.get("status") == ACTIVATED:
+            message_text = "Activated order recorded by the reaper"  # e.g. the database was down
+        elif lost:
+            message_text = "Abandoned job reaped"
+        else:
+            message_text = "Job failure delivered to Salesforce by the reaper"
+        log.log(
+            logging.INFO if values.get("status") == ACTIVATED else logging.ERROR,
+            message_text,
             extra={
                 "order_id": order_id,
                 "job_id": entry.job_id,
@@ -298,8 +405,10 @@ class Reaper:
         if not records:
             return "not found"
         status = str(records[0].get("Activation_Status__c") or "empty")
-        if status != steps.ACTIVATING or records[0].get("WHMCS_Order_ID__c"):
-            return status  # finished after all (or changed by hand): leave it alone
+        if status != steps.ACTIVATING:
+            # Finished after all (or changed by hand): leave it alone. Activating with
+            # WHMCS_Order_ID__c set is a Retry the dead job was finishing: it fails like any.
+            return status
         steps.sf_failure_update(self.salesforce, order_id, code, message)
         return steps.FAILED
 
@@ -319,6 +428,20 @@ class Reaper:
 
     def _fail_rq_job(self, entry: leases.InflightEntry, reason: str) -> bool:
         return fail_started_job(self.redis, entry.job_id, reason)
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, ProvisioningError) else "EREDIS"
+
+
+def _waiting_values(waiting: outbox.Waiting) -> dict[str, Any]:
+    status = ACTIVATED if waiting.status == steps.ACTIVATED else FAILED
+    note = f"{waiting.status} waits for delivery to Salesforce ({waiting.last_error})"
+    return {
+        "status": status,
+        "error_code": waiting.code or waiting.last_error,
+        "error_message": short_message(f"{waiting.message} [{note}]".lstrip(" ")),
+    }
 
 
 def describe_job(job: Job, payload: Any) -> LostJob | None:

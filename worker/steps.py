@@ -1,17 +1,16 @@
 """The named fulfilment steps: explicit inputs, data out, errors from shared.errors only.
 
 The orchestrator decides the order, records progress and handles failure; these functions do
-one step's work each. Pure decisions (`guard`, `pick_existing`, `unknown_create_is_recent`) take
-plain data and `now`, so they are tested with tables.
+one step's work each. Pure decisions (`guard`, `needs_status_update`) take plain data, so they
+are tested with tables. Placing the WHMCS order (whmcs_create) has its own home, worker/ordering.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -19,9 +18,6 @@ import redis
 from shared import keys
 from shared.connections import redis_unavailable
 from shared.errors import (
-    BadResponse,
-    ConnectionFailed,
-    HttpStatusError,
     InvalidEvent,
     MappingError,
     OrderError,
@@ -29,26 +25,19 @@ from shared.errors import (
     PaymentMethodMissing,
     ProvisioningError,
     RemoteError,
-    UpstreamTimeout,
 )
 from shared.salesforce import SalesforceClient
 from shared.sfid import is_valid_id, to18
-from shared.whmcs import AddOrderResult, OrderLine, WhmcsClient
+from shared.whmcs import OrderLine, WhmcsClient
 from worker import mapping
-from worker.records import Attempt
+from worker.mapping import Plan
+from worker.ordering import WhmcsOrder, outcome_unknown, parse_whmcs_order
 
 log = logging.getLogger(__name__)
 
 ACTIVATING, ACTIVATED, FAILED = "Activating", "Activated", "Failed"
 PRODUCTS_TTL = 60  # seconds: a product added in WHMCS is usable within a minute (or at once,
 # since an unknown pid forces one refresh)
-# Looking for an order an earlier attempt may have made: the client's orders a page at a time,
-# back to the day before that attempt's AddOrder (WHMCS dates are server-local, in a zone we do
-# not know: a day covers every offset), but never more than LOOKUP_MAX_ORDERS of them.
-LOOKUP_PAGE = 100
-LOOKUP_MAX_ORDERS = 1000
-LOOKUP_DATE_MARGIN = timedelta(days=1)
-DEAD_ORDER_STATUSES = ("Cancelled", "Fraud")
 
 
 @dataclass(frozen=True)
@@ -67,24 +56,6 @@ class Order:
     account_client_value: Any
     pricebook_id: str
     items: tuple[mapping.OrderItem, ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What mapping decided: who is ordering what."""
-
-    client_id: int
-    lines: tuple[OrderLine, ...]
-    report: tuple[dict[str, Any], ...]
-    expected_services: int
-
-
-@dataclass(frozen=True)
-class WhmcsOrder:
-    order_id: int
-    service_ids: tuple[int, ...]
-    invoice_id: int | None
-    status: str = "Pending"  # as GetOrders reports it; AddOrder creates Pending orders
 
 
 # --- validation ---
@@ -143,11 +114,10 @@ def parse_order(record: Mapping[str, Any], items: Iterable[Mapping[str, Any]], c
 
 
 def guard(order: Order) -> str | None:
-    """None to go on; otherwise why this event must leave the order alone."""
+    """None to go on; otherwise why this event must leave the order alone. An Activating order
+    with WHMCS_Order_ID__c set goes on too: it is finished, not ordered again."""
     if order.activation_status != ACTIVATING:
         return f"status={order.activation_status or 'empty'}"
-    if order.whmcs_order_id:
-        return f"status=Activating but WHMCS_Order_ID__c={order.whmcs_order_id} is already set"
     return None
 
 
@@ -249,7 +219,7 @@ def mapping_plan(order: Order, database_client_id: int | None, catalogue: Produc
         raise MappingError(detail, code="UNMAPPED_ACCOUNT")
     if error is not None:
         raise error
-    lines = tuple(OrderLine(m.pid, m.cycle, m.quantity) for m in mapped)  # type: ignore[arg-type]
+    lines = tuple(OrderLine(m.pid, m.cycle, m.quantity, m.allowqty) for m in mapped)  # type: ignore[arg-type]
     return Plan(client_id, lines, report, sum(m.expected_services for m in mapped))
 
 
@@ -287,140 +257,6 @@ def payment_gateway(whmcs: WhmcsClient, client_id: int, default_gateway: str) ->
             code="NO_GATEWAY",
         )
     return gateway
-
-
-# --- whmcs_create ---
-
-
-def notes_for(order: Order) -> str:
-    return f"Salesforce Order {order.number} {order_tag(order.id)}".replace("  ", " ")
-
-
-def order_tag(order_id: str) -> str:
-    """The idempotency tag in WHMCS notes (18-character ids never prefix one another)."""
-    return f"SF-ORDER:{order_id}"
-
-
-def may_have_ordered(earlier: Iterable[Attempt]) -> bool:
-    """Whether any earlier attempt got as far as sending AddOrder."""
-    return any(a.create_started_at is not None for a in earlier)
-
-
-def unknown_create_is_recent(
-    earlier: Iterable[Attempt], now: datetime, window: timedelta
-) -> datetime | None:
-    """When an earlier AddOrder with no recorded answer was sent within `window`: WHMCS may still
-    be executing it (PHP runs on after the client gives up), so "not found" is not final yet."""
-    times = [a.create_started_at for a in earlier if a.create_outcome_unknown]
-    recent = [t for t in times if t is not None and now - t < window]
-    return max(recent) if recent else None
-
-
-def pick_existing(
-    orders: Iterable[Mapping[str, Any]], order_id: str, known_ids: Iterable[int]
-) -> tuple[WhmcsOrder | None, list[int]]:
-    """The WHMCS order already made for this Salesforce order, and any other live duplicates."""
-    known = set(known_ids)
-    tag = order_tag(order_id)
-    live = []
-    for raw in orders:
-        parsed = parse_whmcs_order(raw)
-        if parsed is None or parsed.status in DEAD_ORDER_STATUSES:
-            continue
-        if parsed.order_id in known or tag in str(raw.get("notes") or ""):
-            live.append(parsed)
-    if not live:
-        return None, []
-    live.sort(key=lambda o: (o.order_id not in known, o.order_id))
-    return live[0], [o.order_id for o in live[1:]]
-
-
-def find_existing_order(
-    whmcs: WhmcsClient,
-    client_id: int,
-    order_id: str,
-    known_ids: Iterable[int],
-    since: datetime | None = None,
-) -> WhmcsOrder | None:
-    """Look in WHMCS for an order an earlier attempt made: a recorded id first, then the client's
-    orders newest first, page by page, back to the orders placed before `since` (the earliest
-    AddOrder that may have made it), matching the tag in the notes."""
-    known = sorted(set(known_ids))
-    if known:
-        recorded, _ = pick_existing(whmcs.get_orders(order_id=known[-1]), order_id, known)
-        if recorded is not None:
-            return recorded
-    seen: list[dict[str, Any]] = []
-    found: WhmcsOrder | None = None
-    duplicates: list[int] = []
-    for page in _client_orders(whmcs, client_id, since):
-        seen.extend(page)
-        found, duplicates = pick_existing(seen, order_id, known)
-        if found is not None:
-            break
-    if duplicates:
-        log.error(
-            "Several live WHMCS orders carry this Salesforce order; using the first",
-            extra={"whmcs_order_id": found.order_id if found else None, "duplicates": duplicates},
-        )
-    return found
-
-
-def _client_orders(
-    whmcs: WhmcsClient, client_id: int, since: datetime | None
-) -> Iterator[list[dict[str, Any]]]:
-    """The client's orders a page at a time, until `last_page` says the rest are too old."""
-    cutoff = since - LOOKUP_DATE_MARGIN if since is not None else None
-    for offset in range(0, LOOKUP_MAX_ORDERS, LOOKUP_PAGE):
-        page = whmcs.get_orders(client_id=client_id, limit=LOOKUP_PAGE, offset=offset)
-        yield page
-        if last_page(page, LOOKUP_PAGE, cutoff):
-            return
-    log.error(
-        "WHMCS order lookup stopped at its bound: an earlier order for this Salesforce order "
-        "may exist further back; check WHMCS for its SF-ORDER tag",
-        extra={"whmcs_client_id": client_id, "orders_read": LOOKUP_MAX_ORDERS},
-    )
-
-
-def last_page(page: Sequence[Mapping[str, Any]], limit: int, cutoff: datetime | None) -> bool:
-    """Whether to stop paging: the list ended, or its oldest order predates `cutoff`."""
-    if len(page) < limit:
-        return True
-    placed = whmcs_order_date(page[-1])
-    return cutoff is not None and placed is not None and placed < cutoff
-
-
-def whmcs_order_date(raw: Mapping[str, Any]) -> datetime | None:
-    """A GetOrders `date` (WHMCS server-local time, zone unknown), read as if it were UTC."""
-    try:
-        return datetime.strptime(str(raw.get("date") or ""), "%Y-%m-%d %H:%M:%S").replace(
-            tzinfo=UTC
-        )
-    except ValueError:
-        return None
-
-
-def create_order(whmcs: WhmcsClient, plan: Plan, gateway: str, notes: str) -> WhmcsOrder:
-    result: AddOrderResult = whmcs.add_order(plan.client_id, gateway, list(plan.lines), notes)
-    return WhmcsOrder(result.order_id, tuple(result.service_ids), result.invoice_id)
-
-
-def outcome_unknown(exc: BaseException) -> bool:
-    """A write that failed like this may still have happened in WHMCS."""
-    if isinstance(exc, UpstreamTimeout | ConnectionFailed | BadResponse):
-        return True
-    return isinstance(exc, HttpStatusError) and (exc.status or 0) >= 500
-
-
-def check_service_count(order: WhmcsOrder, expected: int) -> None:
-    if len(order.service_ids) != expected:
-        raise OrderError(
-            f"WHMCS order {order.order_id} has {len(order.service_ids)} services, "
-            f"{expected} were ordered: a product id or quantity was dropped; cancel it in WHMCS, "
-            "fix the mapping, then Provision / Retry",
-            code="SERVICE_COUNT_MISMATCH",
-        )
 
 
 # --- whmcs_accept ---
@@ -474,23 +310,6 @@ def sf_failure_update(sf: SalesforceClient, order_id: str, code: str, message: s
 
 
 # --- helpers ---
-
-
-def parse_whmcs_order(raw: Mapping[str, Any]) -> WhmcsOrder | None:
-    order_id = mapping.parse_positive_int(raw.get("id"))
-    if order_id is None:
-        return None
-    lineitems = raw.get("lineitems")
-    items = lineitems.get("lineitem", []) if isinstance(lineitems, Mapping) else []
-    services = tuple(
-        sid
-        for item in items
-        if isinstance(item, Mapping) and item.get("type", "product") == "product"
-        for sid in [mapping.parse_positive_int(item.get("relid"))]
-        if sid is not None
-    )
-    invoice = mapping.parse_positive_int(raw.get("invoiceid"))
-    return WhmcsOrder(order_id, services, invoice, str(raw.get("status") or ""))
 
 
 def _current_status(whmcs: WhmcsClient, order_id: int, cause: ProvisioningError) -> str:
