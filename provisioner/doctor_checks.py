@@ -65,6 +65,7 @@ FIX_RECONCILER = (
 FIX_OVERDUE = (
     "the reconciler gives each one a job every RECONCILE_INTERVAL: look for 'Reconciled order "
     "with no event' in the worker logs, then `provisioner doctor --order <OrderId>`"
+)
 FIX_OUTBOX = (
     "Runbook 'Salesforce status not updated': the workers' reapers retry with back-off until "
     "Salesforce takes each outcome; fix what refuses it (SF_AUTH: the connected app JWT config; "
@@ -398,6 +399,8 @@ def reconciler_verdict(
             FIX_OVERDUE,
         )
     return passed(f"no order Activating for longer than {after:g} s ({swept})")
+
+
 # --- outcomes Salesforce has not taken -----------------------------------------------------------
 
 
