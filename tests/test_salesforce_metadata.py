@@ -142,6 +142,19 @@ def test_every_custom_name_the_code_mentions_is_deployed():
     assert {(m, n) for m, n in mentioned if n not in deployed} == set()
 
 
+def test_every_custom_name_the_source_mentions_is_deployed():
+    # Flows, the Apex test, permission sets, the action: a field renamed in its own file only.
+    deployed = {f.name for fields in FIELDS.values() for f in fields} | {EVENT_NAME}
+    files = [p for p in src.SOURCE.rglob("*") if p.is_file() and "objects" not in p.parts]
+    mentioned = {
+        (p.name, name)
+        for p in files
+        for name in re.findall(r"\b[A-Za-z]\w*__[ce]\b", p.read_text())
+    }
+    assert mentioned, "the scan found nothing"
+    assert {(p, n) for p, n in mentioned if n not in deployed} == set()
+
+
 # --- Flows and the action -------------------------------------------------------------------
 
 

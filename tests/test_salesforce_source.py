@@ -28,6 +28,7 @@ ROOT_TYPES = {
     ".permissionset-meta.xml": "PermissionSet",
     ".quickAction-meta.xml": "QuickAction",
     ".connectedApp-meta.xml": "ConnectedApp",
+    ".cls-meta.xml": "ApexClass",
 }
 PRIMITIVES = {
     "string": lambda t: True,
