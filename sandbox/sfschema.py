@@ -31,6 +31,8 @@ class Field:
         ""  # the parent relationship name of a reference field: AccountId -> Account
     )
     given_label: str = ""  # a custom field's label from its metadata
+    precision: int = 0  # a Number's digits in all (0: not limited here) ...
+    scale: int = 0  # ... of which after the point
 
     @property
     def label(self) -> str:
@@ -108,6 +110,8 @@ def from_metadata(custom: sfmetadata.CustomField) -> Field:
         picklist=custom.values,
         restricted=custom.restricted,
         given_label=custom.label,
+        precision=custom.precision,
+        scale=custom.scale,
     )
 
 
