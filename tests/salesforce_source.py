@@ -44,13 +44,19 @@ def python_files() -> Iterator[tuple[str, ast.Module]]:
 
 
 def rendered(node: ast.AST) -> str | None:
-    """A string literal's text; an f-string's with each placeholder as a well-formed Order id."""
+    """A string literal's text; an f-string's with each placeholder as a SOQL literal: a
+    well-formed Order id inside quotes, a number elsewhere (a date bound, a LIMIT)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
-    if isinstance(node, ast.JoinedStr):
-        parts = [v.value if isinstance(v, ast.Constant) else PLACEHOLDER_ID for v in node.values]
-        return "".join(str(p) for p in parts)
-    return None
+    if not isinstance(node, ast.JoinedStr):
+        return None
+    text = ""
+    for value in node.values:
+        if isinstance(value, ast.Constant):
+            text += str(value.value)
+        else:
+            text += PLACEHOLDER_ID if text.endswith("'") else "0"
+    return text
 
 
 def string_literals() -> Iterator[tuple[str, str, str]]:
@@ -150,7 +156,18 @@ def writes() -> list[Write]:
     return found
 
 
-def _is_update(node: ast.AST) -> bool:
+def unreadable_writes() -> list[str]:
+    """`.update("<Object>", id, body)` calls whose body is not a dict literal: writes the checks
+    cannot see."""
+    return [
+        f"{module}: {ast.unparse(node)}"
+        for module, tree in python_files()
+        for node in ast.walk(tree)
+        if _is_update_call(node) and not isinstance(node.args[2], ast.Dict)
+    ]
+
+
+def _is_update_call(node: ast.AST) -> bool:
     return (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
@@ -158,8 +175,11 @@ def _is_update(node: ast.AST) -> bool:
         and len(node.args) == 3
         and isinstance(node.args[0], ast.Constant)
         and isinstance(node.args[0].value, str)
-        and isinstance(node.args[2], ast.Dict)
     )
+
+
+def _is_update(node: ast.AST) -> bool:
+    return _is_update_call(node) and isinstance(node.args[2], ast.Dict)
 
 
 def _write(module: str, sobject_name: str, field: str, value: ast.AST) -> Write:

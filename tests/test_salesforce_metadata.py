@@ -45,6 +45,12 @@ def test_the_code_sends_the_queries_and_writes_this_test_reads():
     assert {(w.sobject, w.field) for w in WRITES} >= {("Order", "Activation_Status__c")}
 
 
+def test_every_write_is_one_the_checks_can_read():
+    # A PATCH body built elsewhere and passed in would escape every check below: write it as a
+    # dict literal at the call, as steps.sf_success_update does.
+    assert src.unreadable_writes() == []
+
+
 @pytest.mark.parametrize(
     ("where", "selected"), SELECTIONS, ids=[f"{w}:{s.sobject}.{s.field}" for w, s in SELECTIONS]
 )
