@@ -119,6 +119,8 @@ def _custom(sobject: str) -> tuple[Field, ...]:
     return tuple(from_metadata(f) for f in sfmetadata.custom_fields().get(sobject, ()))
 
 
+# Standard fields only, as every org has them; `_custom(...)` splices in each object's custom
+# fields from the DX source.
 OBJECTS: dict[str, SObject] = {
     o.name: o
     for o in (
