@@ -14,6 +14,8 @@ COPY worker ./worker
 COPY healthcheck ./healthcheck
 COPY sandbox ./sandbox
 COPY provisioner ./provisioner
+# The sandbox's custom fields come from the Salesforce source (packed into the wheel).
+COPY salesforce/force-app/main/default/objects ./salesforce/force-app/main/default/objects
 RUN pip install '.[dashboard]'
 
 # The Salesforce key is mounted at runtime (/app/secrets/sf-private.key), never baked in.

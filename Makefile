@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint format check bench bench-quick chaos chaos-quick clean
+.PHONY: venv demo test lint format check bench bench-quick chaos chaos-quick clean \
+	salesforce-tools salesforce-check
 
 venv: $(VENV)/.installed
 
@@ -41,5 +42,23 @@ chaos: venv         ## the reliability run: kills, restarts and faults under loa
 chaos-quick: venv
 	$(BIN)/python -m bench.chaos --quick
 
+# The Salesforce DX source, checked with no org: the Salesforce CLI converts it to Metadata API
+# format (any error fails), and Lightning Flow Scanner lints the Flows (any error fails).
+# Node 20 on this machine: package.json pins the last CLI that runs on it.
+SF_DIR := salesforce
+SF_ENV := SF_DISABLE_TELEMETRY=true SF_AUTOUPDATE_DISABLE=true SF_SKIP_NEW_VERSION_CHECK=true
+
+salesforce-tools: $(SF_DIR)/node_modules/.installed
+
+$(SF_DIR)/node_modules/.installed: $(SF_DIR)/package.json $(SF_DIR)/package-lock.json
+	cd $(SF_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+salesforce-check: salesforce-tools  ## the Salesforce source with no org: CLI conversion, Flow scan
+	rm -rf .sfbuild
+	cd $(SF_DIR) && $(SF_ENV) npx --no-install sf project convert source \
+		--source-dir force-app --source-dir connected-app --output-dir ../.sfbuild/mdapi
+	cd $(SF_DIR) && node scripts/scan-flows.js force-app/main/default/flows
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .demo .sandbox
+	rm -rf $(VENV) .pytest_cache .ruff_cache .demo .sandbox .sfbuild $(SF_DIR)/node_modules

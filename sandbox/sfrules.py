@@ -81,9 +81,18 @@ def _number(field: Field, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _cannot_read(field.type, value)
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise _cannot_read(field.type, value) from None
+    if field.precision and abs(number) >= 10 ** (field.precision - field.scale):
+        raise _Bad(
+            Problem(
+                "NUMBER_OUTSIDE_VALID_RANGE",
+                f"{field.label}: value outside of valid range on numeric field: {value}",
+                (field.name,),
+            )
+        )
+    return number
 
 
 def _boolean(field: Field, value: Any) -> bool:
@@ -176,6 +185,8 @@ def describe_field(field: Field, editable: bool) -> dict[str, Any]:
         "label": field.label,
         "type": field.type,
         "length": field.length,
+        "precision": field.precision,
+        "scale": field.scale,
         "custom": field.name.endswith("__c"),
         "nillable": field.nillable,
         "updateable": editable,

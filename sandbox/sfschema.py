@@ -2,11 +2,17 @@
 
 SOQL, describe and PATCH validation all read these tables, so an object or field added here
 becomes queryable, describable and (if updateable) writable at once.
+
+Two sources, kept apart: the standard fields every org has are written here; every custom field
+(`__c`) and the platform event's fields come from the Salesforce DX source in salesforce/, the
+files the admin deploys (sandbox/sfmetadata.py). A custom field changes there, never here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from sandbox import sfmetadata
 
 
 @dataclass(frozen=True)
@@ -24,9 +30,14 @@ class Field:
     relationship: str = (
         ""  # the parent relationship name of a reference field: AccountId -> Account
     )
+    given_label: str = ""  # a custom field's label from its metadata
+    precision: int = 0  # a Number's digits in all (0: not limited here) ...
+    scale: int = 0  # ... of which after the point
 
     @property
     def label(self) -> str:
+        if self.given_label:
+            return self.given_label
         base = self.name.removesuffix("__c")
         if self.type == "reference" and base.endswith("Id"):
             base = base[:-2] + " ID"
@@ -64,11 +75,52 @@ def _ref(name: str, target: str, *, updateable: bool = False) -> Field:
     )
 
 
-ACTIVATION_STATUSES = ("Activating", "Activated", "Failed")
-ORDER_STATUSES = ("Draft", "Activated")
-BILLING_CYCLES = ("Monthly", "Quarterly", "Semi-Annually", "Annually", "Biennially", "Triennially")
+ORDER_STATUSES = ("Draft", "Activated")  # a new org's Order Status values; approval = Activated
 AUDIT_FIELDS = (Field("CreatedDate", "datetime"), Field("LastModifiedDate", "datetime"))
+# How describe types a custom field of each Metadata API type (a Number is a double whatever its
+# scale). A type missing here fails at import: the emulator cannot silently ignore a field.
+DESCRIBE_TYPES = {
+    "Text": "string",
+    "TextArea": "textarea",
+    "LongTextArea": "textarea",
+    "Picklist": "picklist",
+    "Number": "double",
+    "Currency": "currency",
+    "Checkbox": "boolean",
+    "Date": "date",
+    "DateTime": "datetime",
+}
+PICKLIST_LENGTH = 255  # describe's length of every picklist
 
+
+def from_metadata(custom: sfmetadata.CustomField) -> Field:
+    """The emulator's field for a custom field of the DX source."""
+    try:
+        kind = DESCRIBE_TYPES[custom.type]
+    except KeyError:
+        raise sfmetadata.MetadataError(
+            f"{custom.sobject}.{custom.name}: the emulator has no describe type for {custom.type}"
+        ) from None
+    return Field(
+        custom.name,
+        kind,
+        PICKLIST_LENGTH if kind == "picklist" else custom.length,
+        updateable=True,
+        nillable=not custom.required,
+        picklist=custom.values,
+        restricted=custom.restricted,
+        given_label=custom.label,
+        precision=custom.precision,
+        scale=custom.scale,
+    )
+
+
+def _custom(sobject: str) -> tuple[Field, ...]:
+    return tuple(from_metadata(f) for f in sfmetadata.custom_fields().get(sobject, ()))
+
+
+# Standard fields only, as every org has them; `_custom(...)` splices in each object's custom
+# fields from the DX source.
 OBJECTS: dict[str, SObject] = {
     o.name: o
     for o in (
@@ -90,17 +142,7 @@ OBJECTS: dict[str, SObject] = {
                 _ref("Pricebook2Id", "Pricebook2", updateable=True),
                 Field("EffectiveDate", "date", updateable=True, nillable=False),
                 Field("TotalAmount", "currency"),
-                Field(
-                    "Activation_Status__c",
-                    "picklist",
-                    255,
-                    updateable=True,
-                    picklist=ACTIVATION_STATUSES,
-                    restricted=True,
-                ),
-                Field("Activation_Error_Code__c", "string", 40, updateable=True),
-                Field("Activation_Error_Message__c", "string", 255, updateable=True),
-                Field("WHMCS_Order_ID__c", "string", 20, updateable=True),
+                *_custom("Order"),
                 *AUDIT_FIELDS,
             ),
             {"OrderItems": ("OrderItem", "OrderId")},
@@ -117,6 +159,7 @@ OBJECTS: dict[str, SObject] = {
                 Field("TotalPrice", "currency"),
                 _ref("PricebookEntryId", "PricebookEntry"),
                 _ref("Product2Id", "Product2"),
+                *_custom("OrderItem"),
                 *AUDIT_FIELDS,
             ),
         ),
@@ -125,7 +168,7 @@ OBJECTS: dict[str, SObject] = {
             (
                 Field("Id", "id", 18, nillable=False),
                 Field("Name", "string", 255, updateable=True, nillable=False),
-                Field("WHMCS_Client_ID__c", "string", 20, updateable=True),
+                *_custom("Account"),
                 *AUDIT_FIELDS,
             ),
             {"Orders": ("Order", "AccountId")},
@@ -137,10 +180,7 @@ OBJECTS: dict[str, SObject] = {
                 Field("Name", "string", 255, updateable=True, nillable=False),
                 Field("ProductCode", "string", 255, updateable=True),
                 Field("IsActive", "boolean", updateable=True, nillable=False),
-                Field("WH_Product_ID__c", "double", updateable=True),
-                Field(
-                    "Billing_Cycle__c", "picklist", 255, updateable=True, picklist=BILLING_CYCLES
-                ),
+                *_custom("Product2"),
                 *AUDIT_FIELDS,
             ),
         ),
@@ -151,6 +191,7 @@ OBJECTS: dict[str, SObject] = {
                 Field("Name", "string", 255, updateable=True, nillable=False),
                 Field("IsActive", "boolean", updateable=True, nillable=False),
                 Field("IsStandard", "boolean", nillable=False),
+                *_custom("Pricebook2"),
                 *AUDIT_FIELDS,
             ),
             {"PricebookEntries": ("PricebookEntry", "Pricebook2Id")},
@@ -163,21 +204,27 @@ OBJECTS: dict[str, SObject] = {
                 _ref("Product2Id", "Product2"),
                 Field("UnitPrice", "currency", updateable=True, nillable=False),
                 Field("IsActive", "boolean", updateable=True, nillable=False),
+                *_custom("PricebookEntry"),
                 *AUDIT_FIELDS,
             ),
         ),
     )
 }
 
+EVENT_NAME = "OrderProvisionRequested__e"
 # The platform event: publishable through REST, not queryable (as in Salesforce).
 EVENT_OBJECT = SObject(
-    "OrderProvisionRequested__e",
+    EVENT_NAME,
     (
-        Field("OrderId__c", "string", 18, updateable=True),
+        *_custom(EVENT_NAME),
         Field("CreatedDate", "datetime"),
         Field("CreatedById", "reference", 18, reference_to="User", relationship="CreatedBy"),
     ),
 )
+# Objects of the DX source the emulator does not model: a custom field there would be ignored.
+UNMODELLED = set(sfmetadata.custom_fields()) - {*OBJECTS, EVENT_NAME}
+if UNMODELLED:
+    raise sfmetadata.MetadataError(f"the emulator does not model {sorted(UNMODELLED)}")
 
 
 def sobject(name: str) -> SObject | None:
