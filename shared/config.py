@@ -64,9 +64,9 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "JOB_TIMEOUT",
         "core",
-        "600",
-        "Seconds before RQ kills a fulfilment job (a backstop).",
-        "600",
+        "900",
+        "Seconds before RQ kills a fulfilment job (a backstop, above the calls' own timeouts).",
+        "900",
     ),
     Var(
         "ORDER_LOCK_TTL",
@@ -336,7 +336,7 @@ def _build(r: _Reader) -> Settings:
         ),
         database_url=r.parse("DATABASE_URL", _database_url, ""),
         queue_name=r.raw("PROVISION_QUEUE"),
-        job_timeout=r.parse("JOB_TIMEOUT", _positive_int, 600),
+        job_timeout=r.parse("JOB_TIMEOUT", _positive_int, 900),
         order_lock_ttl=r.parse("ORDER_LOCK_TTL", _positive_int, 30),
         connect_timeout=r.parse("HTTP_CONNECT_TIMEOUT", _positive_float, 5.0),
         pricebook_id=r.raw("PORTAL_PRICEBOOK_ID"),
