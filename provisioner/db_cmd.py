@@ -1,4 +1,5 @@
-"""`provisioner db upgrade | check | prune`: migrate the schema, verify it, bound the history."""
+"""`provisioner db upgrade | check | prune | revision`: migrate the schema, verify it, bound the
+history; write a new migration (developers)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ EXIT_STALE = 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
-        choices=["upgrade", "check", "prune"],
+        choices=["upgrade", "check", "prune", "revision"],
         help="upgrade: run the Alembic migrations to head; check: exit 0 only if the schema is "
-        "current (1 if not); prune: delete finished history older than --older-than",
+        "current (1 if not); prune: delete finished history older than --older-than; "
+        "revision: write the next migration from the models (against a database at head)",
     )
+    parser.add_argument("-m", "--message", default="", help="revision: what it changes")
     parser.add_argument(
         "--older-than",
         type=_age,
@@ -40,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         db.check(engine)
         if args.action == "check":
             print(f"schema at revision {db.head()}: current")
+            return 0
+        if args.action == "revision":
+            print(f"wrote revision {db.new_revision(engine, args.message or 'change')}")
             return 0
         cutoff = datetime.now(UTC) - args.older_than
         pruned = retention.prune(engine, cutoff)

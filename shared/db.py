@@ -173,6 +173,17 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     return before, after
 
 
+def new_revision(engine: Engine, message: str) -> str:
+    """Write the next revision (numbered after head) with what the models add to the schema at
+    head, as Alembic's autogenerate sees it; for a developer, to read and finish by hand."""
+    check(engine)
+    rev_id = f"{int(head()) + 1:04d}"
+    with engine.begin() as conn:
+        command.revision(alembic_config(conn), message, autogenerate=True, rev_id=rev_id)
+    head.cache_clear()
+    return rev_id
+
+
 def check(engine: Engine) -> None:
     """Refuse to start on a database that `provisioner db upgrade` has not brought to head."""
     with engine.connect() as conn:
