@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from shared import db
 from shared.connections import database_engine
 from tests import legacy_schema
 from tests.fixtures.infra import new_postgres_database
+from worker.records import Records, StepRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ORDER = "8015g00000ABCDEAAA"
@@ -196,3 +198,34 @@ def test_counters_follow_every_write_of_the_history(any_engine):
 def test_counters_start_empty_after_upgrade(empty_engine):
     db.upgrade(empty_engine)
     assert counter_totals(empty_engine) == (set(), set())
+
+
+def test_counters_stay_exact_under_concurrent_workers(postgres_engine):
+    """Four threads write the way workers do (Records, the real code), each on its own
+    connection: orders begun with steps and finished, and every fifth one begun by a worker that
+    dies, then superseded by the next. Whatever the interleaving, no transaction deadlocks on a
+    counter row and the totals equal the history."""
+    records = Records(postgres_engine)
+
+    def work(thread: int) -> None:
+        for n in range(25):
+            order = f"8015g0000{thread:02d}{n:05d}AA"
+            steps = [StepRecord("validation", "ok", 3.0), StepRecord("mapping", "ok", 70.0)]
+            if n % 5 == 0:  # a worker that dies after its first steps
+                records.begin(order_id=order, job_id=f"evt-{thread}-{n}-lost", now=T0, steps=steps)
+            attempt = records.begin(order_id=order, job_id=f"evt-{thread}-{n}", now=T0, steps=steps)
+            # activated, failed, or failed as the reaper closes an attempt (WORKER_LOST)
+            outcome = [("activated", ""), ("failed", "503"), ("failed", "WORKER_LOST")][n % 3]
+            records.save(
+                attempt.id,
+                [StepRecord("mapping", "ok", 5.0), StepRecord("whmcs_create", "ok", 900.0 + n)],
+                status=outcome[0],
+                error_code=outcome[1],
+                finished_at=T0,
+            )
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(work, t) for t in range(4)]:
+            done.result()  # re-raises a deadlock, had there been one
+    assert counter_totals(postgres_engine) == history_totals(postgres_engine)
+    assert ("failed", "WORKER_LOST", 20 + 32) in counter_totals(postgres_engine)[0]

@@ -71,7 +71,12 @@ END IF;
 {COUNT_OUTCOME};
 RETURN NULL;
 END $$""",
-    "CREATE TRIGGER fulfilments_counted AFTER INSERT OR UPDATE OF status ON fulfilments "
+    # Deferred to commit, so every transaction takes its step counter rows first and its outcome
+    # counter rows last: Records.begin closes a superseded attempt before it logs steps, a save
+    # logs steps before it closes the attempt, and in that opposite order two of them could
+    # deadlock on each other's counter rows. It also holds the busiest rows for the least time.
+    "CREATE CONSTRAINT TRIGGER fulfilments_counted AFTER INSERT OR UPDATE OF status "
+    "ON fulfilments DEFERRABLE INITIALLY DEFERRED "
     "FOR EACH ROW EXECUTE FUNCTION count_fulfilment_outcome()",
 )
 
