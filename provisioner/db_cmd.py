@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from shared import db, retention
 from shared.connections import database_engine
 from shared.startup import start
 
-EXIT_STALE = 1
+EXIT_STALE, EXIT_UNREACHABLE = 1, 3  # 2 is a configuration error, as for every process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     except db.SchemaError as exc:
         print(str(exc))
         return EXIT_STALE
+    except SQLAlchemyError as exc:
+        print(f"database unreachable or refusing: {type(exc).__name__}")
+        return EXIT_UNREACHABLE
     finally:
         engine.dispose()
 

@@ -35,6 +35,7 @@ from sqlalchemy import (
     String,
     Table,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -131,6 +132,7 @@ step_counts = Table(
 # The revision a database made by the hand-written migrations list (version 1) is stamped at.
 BASELINE = "0001"
 LEGACY_TABLE = "schema_version"
+UPGRADE_LOCK = 0x5F_DB_16  # a PostgreSQL advisory lock key of our own
 
 
 class SchemaError(RuntimeError):
@@ -163,6 +165,10 @@ def current_revision(conn: Connection) -> str | None:
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the schema to head; returns (revision before, revision after). Safe to run twice."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several hosts may run `db upgrade` as they start: one migrates, the others wait
+            # for it and then find nothing to do. Released at commit.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
         before = current_revision(conn)
         config = alembic_config(conn)
         if before == BASELINE and MigrationContext.configure(conn).get_current_revision() is None:

@@ -4,6 +4,9 @@ models against the migrated schema, `provisioner db check`, and the counters' tr
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -131,6 +134,36 @@ def test_db_check_exit_code_says_whether_the_schema_is_current(tmp_path, monkeyp
     assert f"schema at revision {db.head()}" in capsys.readouterr().out
     assert db_command(url, monkeypatch, "check") == 0
     assert "current" in capsys.readouterr().out
+
+
+def test_db_check_tells_an_unreachable_database_apart(monkeypatch, capsys):
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # nothing listens on port 1
+    assert db_command(url, monkeypatch, "check") == db_cmd.EXIT_UNREACHABLE
+    assert "unreachable" in capsys.readouterr().out
+
+
+def test_hosts_upgrading_at_once_migrate_once():
+    """Every host may run `provisioner db upgrade` as it starts: on PostgreSQL an advisory lock
+    lets one migrate while the others wait, then find nothing to do."""
+    with new_postgres_database() as url:
+        env = {**os.environ, "DATABASE_URL": url}
+        hosts = [
+            subprocess.Popen(
+                [sys.executable, "-m", "provisioner.cli", "db", "upgrade"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        said = sorted(host.communicate(timeout=60)[0].strip() for host in hosts)
+        assert [host.returncode for host in hosts] == [0, 0, 0]
+        head = db.head()
+        assert said == sorted(
+            [f"schema at revision {head} (was empty)"]
+            + 2 * [f"schema at revision {head} (was {head})"]
+        )
 
 
 # --- the counters' triggers ---------------------------------------------------------------------
