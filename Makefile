@@ -6,13 +6,21 @@ BIN := $(VENV)/bin
 .PHONY: venv demo test lint format check bench bench-quick chaos chaos-quick clean \
 	salesforce-tools salesforce-check
 
-venv: $(VENV)/.installed
+# The Compose Specification's JSON schema as an npm package ships it (dclint, a compose linter);
+# tests/test_compose.py validates compose.yaml against it without touching the network.
+COMPOSE_SCHEMA := $(VENV)/compose-spec/node_modules/dclint/schemas/compose.schema.json
+
+venv: $(VENV)/.installed $(COMPOSE_SCHEMA)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+$(COMPOSE_SCHEMA): $(VENV)/.installed
+	npm install --prefix $(VENV)/compose-spec --no-save --ignore-scripts --no-audit --no-fund \
+		--loglevel=error dclint@3.1.0
 
 demo: venv          ## the whole flow against the sandbox, on this machine
 	$(BIN)/provisioner demo

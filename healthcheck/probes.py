@@ -133,8 +133,8 @@ def ping_redis(conn: redis.Redis) -> dict[str, Any]:
 def ping_database(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-        version = db.current_version(conn)
-    return {"schema_version": version, "schema_current": version == db.HEAD}
+        revision = db.current_revision(conn)
+    return {"schema_version": revision, "schema_current": revision == db.head()}
 
 
 def queue_stats(conn: redis.Redis, queue_name: str) -> dict[str, int]:
@@ -231,8 +231,8 @@ def warnings(database: Probe, integrations: Probe) -> list[str]:
     found = []
     if database.ok and not database.details.get("schema_current"):
         found.append(
-            f"database schema at version {database.details.get('schema_version')}, "
-            f"this release needs {db.HEAD}: run `provisioner db upgrade`"
+            f"database schema at revision {database.details.get('schema_version') or 'none'}, "
+            f"this release needs {db.head()}: run `provisioner db upgrade`"
         )
     if not integrations.ok:
         return [*found, f"queue and replay storage probe: {integrations.status}"]

@@ -156,10 +156,11 @@ def database_store(ctx: Context) -> Verdict:
     version = probe.details["schema_version"]
     if not probe.details["schema_current"]:
         return failed(
-            f"{ctx.engine().dialect.name} answers, but its schema is at version {version}",
+            f"{ctx.engine().dialect.name} answers, "
+            f"but its schema is at revision {version or 'none'}",
             "run `provisioner db upgrade`",
         )
-    return passed(f"{ctx.engine().dialect.name} answers; schema at version {version} (current)")
+    return passed(f"{ctx.engine().dialect.name} answers; schema at revision {version} (current)")
 
 
 # --- Salesforce -----------------------------------------------------------------------------------

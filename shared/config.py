@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from shared.errors import ConfigError
 
@@ -42,6 +42,15 @@ VARIABLES: tuple[Var, ...] = (
         secret=True,
     ),
     Var(
+        "REDIS_PASSWORD",
+        "core",
+        "s3cret/with:any@chars",
+        "Redis password kept out of REDIS_URL, so it needs no escaping; "
+        "empty: the URL's own, if any.",
+        "",
+        secret=True,
+    ),
+    Var(
         "DATABASE_URL",
         "core",
         "postgresql+psycopg://app:pw@postgres/app",
@@ -55,9 +64,9 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "JOB_TIMEOUT",
         "core",
-        "600",
-        "Seconds before RQ kills a fulfilment job (a backstop).",
-        "600",
+        "900",
+        "Seconds before RQ kills a fulfilment job (a backstop, above the calls' own timeouts).",
+        "900",
     ),
     Var(
         "ORDER_LOCK_TTL",
@@ -345,10 +354,13 @@ def _build(r: _Reader) -> Settings:
     return Settings(
         app_env=r.raw("APP_ENV"),
         log_level=r.parse("LOG_LEVEL", _log_level, "INFO"),
-        redis_url=r.parse("REDIS_URL", _url(("redis", "rediss", "unix", "valkey")), ""),
+        redis_url=with_password(
+            r.parse("REDIS_URL", _url(("redis", "rediss", "unix", "valkey")), ""),
+            r.raw("REDIS_PASSWORD"),
+        ),
         database_url=r.parse("DATABASE_URL", _database_url, ""),
         queue_name=r.raw("PROVISION_QUEUE"),
-        job_timeout=r.parse("JOB_TIMEOUT", _positive_int, 600),
+        job_timeout=r.parse("JOB_TIMEOUT", _positive_int, 900),
         order_lock_ttl=r.parse("ORDER_LOCK_TTL", _positive_int, 30),
         connect_timeout=r.parse("HTTP_CONNECT_TIMEOUT", _positive_float, 5.0),
         pricebook_id=r.raw("PORTAL_PRICEBOOK_ID"),
@@ -447,6 +459,20 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return convert
 
 
+def with_password(url: str, password: str) -> str:
+    """`url` carrying `password`, percent-encoded as redis-py decodes it (it replaces the
+    URL's own); a compose file or a secret store can then hand the password over verbatim."""
+    if not (url and password):
+        return url
+    parts = urlsplit(url)
+    secret = quote(password, safe="")
+    if parts.scheme == "unix":  # unix:///path?db=0&password=...
+        return f"{url}{'&' if parts.query else '?'}password={secret}"
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
+
+
 def _database_url(value: str) -> str:
     scheme = urlsplit(value).scheme
     if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
@@ -467,7 +493,7 @@ def _url_passwords(*urls: str) -> tuple[str, ...]:
         except ValueError:
             password = None
         if password:
-            found.append(password)
+            found.extend({password, unquote(password)})  # as the URL has it, and as it is
     return tuple(found)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
 from shared.config import DEFAULT_CHANNEL, VARIABLES, load_settings
 from shared.errors import ConfigError
@@ -115,3 +116,21 @@ def test_process_with_empty_environment_exits_2_naming_variables(module):
     assert "Traceback" not in result.stderr
     for name in ("SF_LOGIN_URL", "SF_CLIENT_ID", "SF_USERNAME", "SF_PRIVATE_KEY_PATH"):
         assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "username"),
+    [
+        ("redis://redis:6379/0", None),
+        ("rediss://ops@redis.example:6380/2", "ops"),
+        ("redis://:old@redis:6379/0", None),  # REDIS_PASSWORD replaces the URL's own
+    ],
+)
+def test_redis_password_is_passed_apart_and_escaped(full_env, url, username):
+    password = "p@ss:w/rd%#?&x y"  # every character a URL would mangle
+    env = {**full_env, "REDIS_URL": url, "REDIS_PASSWORD": password}
+    settings = load_settings(env)
+    parsed = redis.connection.parse_url(settings.redis_url)  # as redis-py will read it
+    assert (parsed["password"], parsed.get("username")) == (password, username)
+    assert password in settings.secrets()
+    assert load_settings({**full_env, "REDIS_URL": url}).redis_url == url
