@@ -36,7 +36,7 @@ class Dependencies:
     def build(cls, settings: Settings, timeout: float) -> Dependencies:
         return cls(
             settings=settings,
-            redis=redis_client(settings.redis_url, socket_timeout=timeout),
+            redis=redis_client(settings.redis, socket_timeout=timeout),
             engine=database_engine(settings.database_url, connect_timeout=timeout, pooled=False),
             flights=probes.Flights(),
             timeout=timeout,

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = start("provisioner", needs=(), log=False)
     channel = args.channel or settings.events.channel
-    connection = redis_client(settings.redis_url)
+    connection = redis_client(settings.redis)
     try:
         store = ReplayStore(connection, channel)
         if args.action == "show":

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     settings = load(os.environ if environ is None else environ)
     shutdown = Shutdown()
     shutdown.install()
-    connection = redis_client(settings.redis_url)
+    connection = redis_client(settings.redis)
     heartbeat = Heartbeat(connection, settings.events.channel, holder_name())
     try:
         if not settings.events.enabled:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     jobs.configure(settings)
 
-    own = redis_client(settings.redis_url)  # the reaper's; RQ gets its own connection below
+    own = redis_client(settings.redis)  # the reaper's; RQ gets its own connection below
     sweeper = reaper.Reaper(
         own,
         Records(engine),
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         secrets=settings.secrets(),
         queue_name=settings.queue_name,
     )
-    connection = redis_client(settings.redis_url)
+    connection = redis_client(settings.redis)
     queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
     worker = WORKER_CLASSES[args.worker_class](
         [queue],
