@@ -20,7 +20,7 @@ from shared.queueing import provisioning_queue
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
 from shared.startup import EXIT_CONFIG, start
-from worker import jobs, reaper
+from worker import clock, jobs, reaper
 from worker.records import Records
 
 log = logging.getLogger("worker")
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
     )
+    offsets = clock.Publisher(own, worker.name)
+    offsets.start()
     sweeper.start()
     try:
         worker.work(
@@ -112,5 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         sweeper.stop()
+        offsets.stop()
         engine.dispose()
     return 0

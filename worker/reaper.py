@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +50,9 @@ from shared.errors import (
     transient,
 )
 from shared.salesforce import SalesforceClient
+from shared.servertime import server_now
 from shared.sfid import is_valid_id, to18
+from worker import clock as worker_clock
 from worker import lease as leases
 from worker import steps
 from worker.records import ACTIVATED, FAILED, RUNNING, SKIPPED, Attempt, Records
@@ -149,7 +150,7 @@ class Reaper:
             if self._reap(order_id, raw):
                 reaped.append(order_id)
         if self.queue_name:
-            reaped += self._sweep_jobs(time.time() if now is None else now)
+            reaped += self._sweep_jobs(server_now(self.redis) if now is None else now)
         return reaped
 
     # --- prov:inflight: jobs that died holding the lease ---
@@ -218,7 +219,9 @@ class Reaper:
         if lost is None:
             self._done_jobs[job_id] = now  # no valid order id: nothing to fail in Salesforce
             return None
-        return lost if now - lost.started_at >= stale_after(self.ttl) else None
+        # RQ stamped started_at by the worker's clock: judge it on the server's (worker/clock.py).
+        started_at = lost.started_at - worker_clock.offset_of(self.redis, lost.worker)
+        return lost if now - started_at >= stale_after(self.ttl) else None
 
     def _reap_job(self, lost: LostJob, now: float) -> bool:
         if self._order_is_held(lost.order_id):
@@ -284,7 +287,7 @@ class Reaper:
                 "salesforce_status": state,
                 "step": attempt.step if attempt else "",
                 "lease_taken": not before_lease,
-                "seconds_since_start": round(time.time() - entry.started_at, 1),
+                "seconds_since_start": round(server_now(self.redis) - entry.started_at, 1),
             },
         )
         return True
