@@ -8,8 +8,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
-from redis.sentinel import Sentinel
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
@@ -20,6 +22,11 @@ from shared.errors import RedisUnavailable
 # as RQ's dequeue, which set their own longer socket timeout.
 REDIS_SOCKET_TIMEOUT = 5.0
 REDIS_CONNECT_TIMEOUT = 3.0
+# A Sentinel failover is an expected event: the primary is gone for down-after-milliseconds plus
+# an election (about 2 s with 1 s detection, see the README). A command that meets it retries with
+# backoff (0.2, 0.4, 0.8, then 1 s) for about 10 s instead of failing a job or stopping RQ's
+# worker loop; set Sentinel's down-after-milliseconds well below that.
+FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=12)
 
 
 def redis_client(
@@ -65,7 +72,30 @@ def _sentinel_primary(
     if where.sentinel_password:
         sentinel_options["password"] = where.sentinel_password
     sentinel = Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_options)
-    return sentinel.master_for(where.sentinel_master, **options, **tls, **primary)
+    return sentinel.master_for(
+        where.sentinel_master,
+        **options,
+        **{k: v for k, v in tls.items() if k != "ssl"},
+        **primary,
+        connection_class=_RediscoveringSSL if tls else _Rediscovering,
+        retry=FAILOVER_RETRY,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class _Rediscovering(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the Sentinels again when a command's retry
+    reconnects. redis-py 8.1 does so only for a connection taken from the pool: a command that
+    meets the failover retries against the dead primary's cached address until it gives up."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().send_packed_command(command, check_health)
+
+
+class _RediscoveringSSL(_Rediscovering, SentinelManagedSSLConnection):
+    pass
 
 
 @contextlib.contextmanager
