@@ -75,11 +75,18 @@ class Approver(threading.Thread):
 
 
 def test_a_sentinel_failover_under_a_stream_of_approvals(
-    sentinels, app_env, sandbox_admin, services
+    sentinels, sandbox, sandbox_admin, sqlite_url, sqlite_engine, services
 ):
-    env = {**app_env, **sentinels.env()}
+    # Only the private Sentinel-managed servers: TEST_REDIS_URL is not touched (the bench runs
+    # this test too).
+    env = {
+        **sandbox.env,
+        "DATABASE_URL": sqlite_url,
+        "SF_EVENTS_ENABLED": "true",
+        "APP_ENV": "test",
+        **sentinels.env(),
+    }
     conn = redis_client(load_settings(env).redis)
-    conn.flushdb()
     refs = sandbox_admin.load(standard_document(orders=ORDERS))["refs"]
     order_ids = [refs[f"o{n}"] for n in range(1, ORDERS + 1)]
     subscriber = services.start("subscriber", env)
