@@ -12,10 +12,12 @@ import pytest
 import redis
 
 from healthcheck.app import create_app
+from healthcheck.dashboard import standalone_app
 from sandbox.fixtures import standard_document
 from sandbox.http import wait_until
 from shared.config import load_settings
 from shared.connections import redis_client
+from shared.queueing import provisioning_queue
 from tests.fixtures.redis_topologies import ACL_PASSWORD, ACL_USER
 
 pytestmark = pytest.mark.slow
@@ -118,3 +120,33 @@ def _replicated(sentinels, key: bytes) -> bool:
         if server.port != primary and redis.Redis(port=server.port).exists(key):
             return True
     return False
+
+
+# --- rq-dashboard, standalone (compose's rq-dashboard service) ------------------------------------
+
+
+@pytest.mark.parametrize("topology", ["tls_redis", "sentinels"])
+def test_the_standalone_dashboard_reads_the_queue_through_the_factory(
+    topology, request, monkeypatch
+):
+    env = request.getfixturevalue(topology).env()
+    for name, value in {
+        **env,
+        "RQ_DASHBOARD_USERNAME": "ops",
+        "RQ_DASHBOARD_PASSWORD": "dash-pw",
+        "LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(name, value)
+    conn = redis_client(settings_for(env).redis)
+    queue = provisioning_queue(conn, "provisioning", 60)
+    queue.enqueue_call("worker.jobs.provision", args=({"order_id": "x"},), job_id="evt-dash")
+
+    app = standalone_app()
+    client = app.test_client()
+    assert client.get("/").status_code == 302
+    assert client.get("/rq/0/data/queues.json").status_code == 401
+    reply = client.get("/rq/0/data/queues.json", auth=("ops", "dash-pw"))
+    counts = {q["name"]: q["count"] for q in reply.get_json()["queues"]}
+    assert counts["provisioning"] == 1
+    shown = str(app.config["RQ_DASHBOARD_REDIS_URL"])
+    assert ACL_PASSWORD not in shown and "%40" not in shown
