@@ -93,7 +93,9 @@ def test_subscriber_and_worker_fulfil_an_order_over_tls_with_acl(
 # --- Sentinel ------------------------------------------------------------------------------------
 
 
-def test_a_sentinel_client_finds_the_primary_and_follows_a_failover(sentinels):
+@pytest.mark.parametrize("topology", ["sentinels", "tls_sentinels"])
+def test_a_sentinel_client_finds_the_primary_and_follows_a_failover(topology, request):
+    sentinels = request.getfixturevalue(topology)
     conn = redis_client(settings_for(sentinels.env()).redis)
     conn.set("before", "1")
     assert wait_until(lambda: _replicated(sentinels, b"before"), timeout=10)
@@ -103,7 +105,7 @@ def test_a_sentinel_client_finds_the_primary_and_follows_a_failover(sentinels):
     recovered = time.monotonic() - started
     assert sentinels.primary_port() not in (None, killed)
     assert conn.get("before") == b"1"  # it was on the replica before the kill
-    print(f"sentinel failover: writes resumed {recovered:.1f}s after kill -9 of the primary")
+    print(f"{topology} failover: writes resumed {recovered:.1f}s after kill -9 of the primary")
 
 
 def _writes(conn: redis.Redis) -> bool:
@@ -117,7 +119,7 @@ def _writes(conn: redis.Redis) -> bool:
 def _replicated(sentinels, key: bytes) -> bool:
     primary = sentinels.primary_port()
     for server in sentinels.servers:
-        if server.port != primary and redis.Redis(port=server.port).exists(key):
+        if server.port != primary and sentinels.client(server.port).exists(key):
             return True
     return False
 
