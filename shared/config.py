@@ -7,6 +7,7 @@ The README's configuration table is generated from VARIABLES and a test holds th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -282,7 +283,13 @@ class Settings:
     whmcs: WhmcsSettings
     warnings: tuple[str, ...] = ()
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
-    redis: RedisSettings = field(default_factory=lambda: RedisSettings(""), repr=False)
+    # CA bundle and Sentinels; `redis` joins them to redis_url (which stays the one URL field).
+    redis_options: RedisSettings = field(default_factory=lambda: RedisSettings(""), repr=False)
+
+    @property
+    def redis(self) -> RedisSettings:
+        """Everything shared.connections.redis_client needs to reach Redis."""
+        return dataclasses.replace(self.redis_options, url=self.redis_url)
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line, an error field or a reply."""
@@ -367,7 +374,7 @@ def _build(r: _Reader) -> Settings:
         app_env=r.raw("APP_ENV"),
         log_level=r.parse("LOG_LEVEL", _log_level, "INFO"),
         redis_url=redis.url,
-        redis=redis,
+        redis_options=redis,
         database_url=r.parse("DATABASE_URL", _database_url, ""),
         queue_name=r.raw("PROVISION_QUEUE"),
         job_timeout=r.parse("JOB_TIMEOUT", _positive_int, 600),

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,14 @@ from healthcheck.app import create_app
 from sandbox.fixtures import standard_document
 from sandbox.http import wait_until
 from shared import keys
+from shared.salesforce import SalesforceClient
 from shared.servertime import offset, server_now
+from shared.sfauth import TokenProvider
 from tests.test_worker_processes import kill_9_with_horses
-from worker import clock
+from tests.test_worker_reaper import LATER, dequeued
+from tests.worker_support import event_from
+from worker import clock, reaper
+from worker.records import Records
 
 pytestmark = [
     pytest.mark.slow,
@@ -156,3 +162,28 @@ def _worker_of(conn, event) -> str:
         if job.args and job.args[0].get("event_uuid") == event["event"]["EventUuid"]:
             return job.worker_name or ""
     return ""
+
+
+def test_the_reaper_judges_a_job_by_its_workers_published_clock_offset(
+    redis_conn, app_settings, sandbox_admin, sqlite_engine
+):
+    """RQ stamps started_at with the worker's clock. A worker 100 s behind makes a job it just
+    dequeued look 100 s old; corrected by its published offset, it is seconds old, and left be."""
+    order_id = sandbox_admin.load(standard_document())["refs"]["o1"]
+    event = event_from(sandbox_admin.approve(order_id))
+    sf = SalesforceClient(
+        app_settings.salesforce, TokenProvider(app_settings.salesforce, redis_conn)
+    )
+    job_sweeper = reaper.Reaper(
+        redis_conn, Records(sqlite_engine), sf, order_lock_ttl=2, queue_name=app_settings.queue_name
+    )
+    job = dequeued(redis_conn, app_settings, event)
+    ahead, at = clock.measure(redis_conn)
+    clock.publish(redis_conn, job.worker_name, ahead - 100, at)
+    job.started_at = job.started_at - timedelta(seconds=100)  # as that worker's clock had it
+    job.save()
+
+    assert job_sweeper.run_once(now=server_now(redis_conn) + 1) == []
+    assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
+    assert job_sweeper.run_once(now=server_now(redis_conn) + LATER) == [order_id]
+    sf.close()
