@@ -17,6 +17,7 @@ from sandbox.fixtures import standard_document
 from sandbox.http import wait_until
 from shared.config import load_settings
 from shared.connections import redis_client
+from shared.errors import ConfigError
 from shared.queueing import provisioning_queue
 from tests.fixtures.redis_topologies import ACL_PASSWORD, ACL_USER
 
@@ -152,3 +153,30 @@ def test_the_standalone_dashboard_reads_the_queue_through_the_factory(
     assert counts["provisioning"] == 1
     shown = str(app.config["RQ_DASHBOARD_REDIS_URL"])
     assert ACL_PASSWORD not in shown and "%40" not in shown
+
+
+# --- the settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"REDIS_SENTINELS": "10.0.0.5:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINELS": "10.0.0.5", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "a:1,b:99999", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_URL": "rediss://h/0", "REDIS_CA_BUNDLE": "/nowhere/ca.pem"}, "REDIS_CA_BUNDLE"),
+        ({"REDIS_URL": "http://h/0"}, "REDIS_URL"),
+    ],
+)
+def test_bad_redis_settings_are_named(env, named):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert named in str(caught.value)
+
+
+def test_sentinels_parse_with_ipv6_and_spaces():
+    settings = load_settings(
+        {"REDIS_SENTINELS": "[::1]:26379, 10.0.0.6:26380", "REDIS_SENTINEL_MASTER": "m"}
+    )
+    assert settings.redis.sentinels == (("::1", 26379), ("10.0.0.6", 26380))
+    assert settings.redis.sentinel_master == "m"
