@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint format check bench bench-quick chaos chaos-quick clean \
+.PHONY: venv demo test lint format check bench bench-quick bench-failover chaos chaos-quick clean \
 	salesforce-tools salesforce-check
 
 # The Compose Specification's JSON schema as an npm package ships it (dclint, a compose linter);
@@ -43,6 +43,9 @@ bench: venv         ## benchmarks; writes bench/results/
 
 bench-quick: venv
 	$(BIN)/python -m bench --quick
+
+bench-failover: venv  ## Sentinel failover under load (private servers); writes bench/results/failover-*
+	$(BIN)/python -m bench.failover
 
 chaos: venv         ## the reliability run: kills, restarts and faults under load
 	$(BIN)/python -m bench.chaos

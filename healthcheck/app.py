@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from healthcheck import dashboard, metrics, probes
 from shared.config import Settings
 from shared.connections import database_engine, redis_client
+from shared.servertime import server_now
 from shared.startup import start
 
 # Each probe's budget; probes run side by side, so /health answers within about this long.
@@ -36,7 +37,7 @@ class Dependencies:
     def build(cls, settings: Settings, timeout: float) -> Dependencies:
         return cls(
             settings=settings,
-            redis=redis_client(settings.redis_url, socket_timeout=timeout),
+            redis=redis_client(settings.redis, socket_timeout=timeout),
             engine=database_engine(settings.database_url, connect_timeout=timeout, pooled=False),
             flights=probes.Flights(),
             timeout=timeout,
@@ -51,7 +52,9 @@ class Dependencies:
             "database": lambda: probes.timed(lambda: probes.ping_database(self.engine), secrets),
             "redis": lambda: probes.timed(lambda: probes.ping_redis(self.redis), secrets),
             "integrations": lambda: probes.timed(
-                lambda: probes.replay_storage(self.redis, queue, channel, now), secrets
+                # The heartbeat was stamped by Redis's clock, so its age is judged by it too.
+                lambda: probes.replay_storage(self.redis, queue, channel, server_now(self.redis)),
+                secrets,
             ),
         }
         return self.flights.run(bodies, self.timeout)

@@ -9,7 +9,6 @@ costs the same over a thousand orders as over a million step rows (`make bench`)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from sqlalchemy import Engine, func, select
 
 from healthcheck import probes
 from shared import db, keys
+from shared.servertime import server_now
 
 if TYPE_CHECKING:
     from healthcheck.app import Dependencies
@@ -50,12 +50,14 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         settings = self.deps.settings
-        now = time.time()
         results = self.deps.flights.run(
             {
                 "metrics-redis": lambda: probes.timed(
                     lambda: redis_state(
-                        self.deps.redis, settings.queue_name, settings.events.channel, now
+                        self.deps.redis,
+                        settings.queue_name,
+                        settings.events.channel,
+                        server_now(self.deps.redis),  # the heartbeat's clock
                     )
                 ),
                 "metrics-database": lambda: probes.timed(lambda: database_state(self.deps.engine)),

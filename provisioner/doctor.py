@@ -101,7 +101,7 @@ class Context:
 
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis_client(self.s.redis_url, socket_timeout=STORE_TIMEOUT)
+            self._redis = redis_client(self.s.redis, socket_timeout=STORE_TIMEOUT)
         return self._redis
 
     def engine(self) -> Engine:

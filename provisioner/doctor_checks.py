@@ -16,6 +16,7 @@ from healthcheck import probes
 from provisioner.doctor import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
 from shared import outbox
 from shared.errors import AuthError, IntegrationError, RemoteError
+from shared.servertime import server_now
 from shared.sfauth import Token
 from shared.sfid import is_valid_id, to18
 from subscriber.heartbeat import dead_letters as read_dead_letters
@@ -280,7 +281,7 @@ def field_problems(fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def subscriber_heartbeat(ctx: Context) -> Verdict:
     heartbeat = probes.read_heartbeat(ctx.redis(), ctx.s.events.channel)
-    return heartbeat_verdict(heartbeat, ctx.now, ctx.s.events.channel)
+    return heartbeat_verdict(heartbeat, server_now(ctx.redis()), ctx.s.events.channel)
 
 
 def heartbeat_verdict(heartbeat: Mapping[str, str], now: float, channel: str) -> Verdict:
@@ -311,7 +312,7 @@ def replay_progress(ctx: Context) -> Verdict:
     channel = ctx.s.events.channel
     stored = probes.read_replay_id(ctx.redis(), channel)
     heartbeat = probes.read_heartbeat(ctx.redis(), channel)
-    return replay_verdict(stored, heartbeat, ctx.now, channel)
+    return replay_verdict(stored, heartbeat, server_now(ctx.redis()), channel)
 
 
 def replay_verdict(

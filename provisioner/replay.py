@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import time
 
 from shared.connections import redis_client
+from shared.servertime import server_now
 from shared.startup import start
 from subscriber import heartbeat
 from subscriber.replay import EARLIEST, TIP, ReplayStore
@@ -36,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = start("provisioner", needs=(), log=False)
     channel = args.channel or settings.events.channel
-    connection = redis_client(settings.redis_url)
+    connection = redis_client(settings.redis)
     try:
         store = ReplayStore(connection, channel)
         if args.action == "show":
-            print(show(store, settings.events.replay, time.time()))
+            print(show(store, settings.events.replay, server_now(connection)))
             return 0
         if args.action == "set":
             if args.replay_id < EARLIEST:

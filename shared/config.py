@@ -7,6 +7,7 @@ The README's configuration table is generated from VARIABLES and a test holds th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -37,7 +38,9 @@ VARIABLES: tuple[Var, ...] = (
         "REDIS_URL",
         "core",
         "redis://redis:6379/0",
-        "Queue, replay id, locks, token cache.",
+        "Queue, replay id, locks, token cache. rediss:// for TLS; an ACL user and password go in "
+        "the URL, percent-encoded (redis://user:p%40ss@host:6379/0). With REDIS_SENTINELS its "
+        "host is ignored: the scheme, credentials and database number apply to the primary.",
         "redis://127.0.0.1:6379/0",
         secret=True,
     ),
@@ -47,6 +50,34 @@ VARIABLES: tuple[Var, ...] = (
         "s3cret/with:any@chars",
         "Redis password kept out of REDIS_URL, so it needs no escaping; "
         "empty: the URL's own, if any.",
+        "",
+    ),
+    Var(
+        "REDIS_CA_BUNDLE",
+        "core",
+        "/etc/ssl/private-ca.pem",
+        "PEM CA file that signs Redis's TLS certificate (rediss://); empty: the system store.",
+        "",
+    ),
+    Var(
+        "REDIS_SENTINELS",
+        "core",
+        "10.0.0.5:26379,10.0.0.6:26379,10.0.0.7:26379",
+        "Sentinel host:port list; when set, they name the primary (see REDIS_SENTINEL_MASTER).",
+        "",
+    ),
+    Var(
+        "REDIS_SENTINEL_MASTER",
+        "core",
+        "provisioner",
+        "Sentinel's name of the primary (required with REDIS_SENTINELS).",
+        "",
+    ),
+    Var(
+        "REDIS_SENTINEL_PASSWORD",
+        "core",
+        "sentinel-secret",
+        "Password of the Sentinels themselves (their requirepass), if they have one.",
         "",
         secret=True,
     ),
@@ -255,6 +286,17 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is and how to reach it: what shared.connections.redis_client builds from."""
+
+    url: str = field(repr=False)  # credentials, database, TLS (rediss://) and, alone, the host
+    ca_bundle: str = ""  # "" with rediss://: the system store
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = ""
+    sentinel_password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     app_env: str
     log_level: str
@@ -273,6 +315,13 @@ class Settings:
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     reconcile_interval: float = 60.0
     reconcile_after: float = 300.0
+    # CA bundle and Sentinels; `redis` joins them to redis_url (which stays the one URL field).
+    redis_options: RedisSettings = field(default_factory=lambda: RedisSettings(""), repr=False)
+
+    @property
+    def redis(self) -> RedisSettings:
+        """Everything shared.connections.redis_client needs to reach Redis."""
+        return dataclasses.replace(self.redis_options, url=self.redis_url)
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line, an error field or a reply."""
@@ -281,6 +330,7 @@ class Settings:
             self.whmcs.access_key,
             self.whmcs.identifier,
             self.dashboard.password,
+            self.redis.sentinel_password,
         )
         return tuple(v for v in values if v) + _url_passwords(self.redis_url, self.database_url)
 
@@ -351,13 +401,12 @@ class _Reader:
 
 
 def _build(r: _Reader) -> Settings:
+    redis = _redis(r)
     return Settings(
         app_env=r.raw("APP_ENV"),
         log_level=r.parse("LOG_LEVEL", _log_level, "INFO"),
-        redis_url=with_password(
-            r.parse("REDIS_URL", _url(("redis", "rediss", "unix", "valkey")), ""),
-            r.raw("REDIS_PASSWORD"),
-        ),
+        redis_url=redis.url,
+        redis_options=redis,
         database_url=r.parse("DATABASE_URL", _database_url, ""),
         queue_name=r.raw("PROVISION_QUEUE"),
         job_timeout=r.parse("JOB_TIMEOUT", _positive_int, 900),
@@ -377,6 +426,32 @@ def _build(r: _Reader) -> Settings:
         reconcile_interval=r.parse("RECONCILE_INTERVAL", _positive_float, 60.0),
         reconcile_after=r.parse("RECONCILE_AFTER", _positive_float, 300.0),
     )
+
+
+def _redis(r: _Reader) -> RedisSettings:
+    url = with_password(
+        r.parse("REDIS_URL", _url(("redis", "rediss", "unix", "valkey")), ""),
+        r.raw("REDIS_PASSWORD"),
+    )
+    ca_bundle = r.raw("REDIS_CA_BUNDLE")
+    if ca_bundle:
+        r.check("REDIS_CA_BUNDLE", os.path.isfile(ca_bundle), f"names no file ({ca_bundle})")
+    sentinels = r.parse("REDIS_SENTINELS", _host_ports, ())
+    master = r.raw("REDIS_SENTINEL_MASTER")
+    r.check("REDIS_SENTINEL_MASTER", bool(master) or not sentinels, "is required with sentinels")
+    return RedisSettings(url, ca_bundle, sentinels, master, r.raw("REDIS_SENTINEL_PASSWORD"))
+
+
+def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (an IPv6 host in brackets: `[::1]:26379`)."""
+    found = []
+    for item in (part.strip() for part in value.split(",")):
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port items separated by commas, not {item!r}")
+        found.append((host, int(port)))
+    return tuple(found)
 
 
 def _salesforce(r: _Reader) -> SalesforceSettings:
@@ -493,7 +568,8 @@ def _url_passwords(*urls: str) -> tuple[str, ...]:
         except ValueError:
             password = None
         if password:
-            found.extend({password, unquote(password)})  # as the URL has it, and as it is
+            # Both spellings: the URL holds it percent-encoded, a library error may show it decoded.
+            found.extend(dict.fromkeys((password, unquote(password))))
     return tuple(found)
 
 

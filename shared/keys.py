@@ -21,6 +21,7 @@ SF_TOKEN_MINTS = "sf:auth:mints"  # counter, for doctor and metrics
 # Fulfilment (written by workers).
 ORDER_LOCK_PREFIX = "prov:lock:order:"  # prov:lock:order:<OrderId> -> token, TTL = ORDER_LOCK_TTL
 INFLIGHT = "prov:inflight"  # hash OrderId -> JSON {job_id, token, started_at, worker}
+CLOCK_OFFSETS = "prov:clock:offsets"  # hash worker name -> "seconds ahead of Redis:measured at"
 WHMCS_PRODUCTS = "whmcs:products"  # cached GetProducts answer (JSON), short TTL
 OUTBOX = "prov:outbox"  # hash OrderId -> a terminal outcome Salesforce has not taken yet
 

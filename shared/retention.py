@@ -5,8 +5,8 @@ The rule, for an attempt that finished (activated, failed or skipped) before the
 - the attempt row goes too, unless it is its order's newest: that one stays as the order's
   record, the checkpoint a late retry resumes from instead of ordering in WHMCS twice.
 An attempt still `running` is never touched. An outcome Salesforce has not taken yet waits in
-Redis (prov:outbox, shared/outbox.py), not in these rows, so a prune cannot lose it. The /metrics totals live in their
-own tables and do not go down.
+Redis (prov:outbox, shared/outbox.py), not in these rows, so a prune cannot lose it.
+The /metrics totals live in their own tables and do not go down.
 """
 
 from __future__ import annotations

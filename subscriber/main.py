@@ -22,6 +22,7 @@ from shared.connections import redis_client
 from shared.errors import ConfigError
 from shared.http import TimeoutSession
 from shared.queueing import provisioning_queue
+from shared.servertime import server_now
 from shared.sfauth import Token, TokenProvider
 from shared.startup import start
 from subscriber.cometd import BayeuxClient
@@ -98,8 +99,11 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     settings = load(os.environ if environ is None else environ)
     shutdown = Shutdown()
     shutdown.install()
-    connection = redis_client(settings.redis_url)
-    heartbeat = Heartbeat(connection, settings.events.channel, holder_name())
+    connection = redis_client(settings.redis)
+    # Stamped by Redis's clock: health and doctor on other hosts judge its age.
+    heartbeat = Heartbeat(
+        connection, settings.events.channel, holder_name(), clock=lambda: server_now(connection)
+    )
     try:
         if not settings.events.enabled:
             idle(heartbeat, shutdown.stop)
@@ -194,6 +198,7 @@ def build_stream(
         events.channel,
         job_timeout=settings.job_timeout,
         fence=(leadership.key, leadership.value),
+        clock=lambda: server_now(connection),
     )
     return Stream(
         channel=events.channel,

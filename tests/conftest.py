@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.infra",
     "tests.fixtures.sandbox",
     "tests.fixtures.processes",
+    "tests.fixtures.redis_topologies",
 ]

@@ -86,7 +86,7 @@ def services_for_this_process() -> orchestrator.Services:
 
 
 def build_services(settings: Settings) -> orchestrator.Services:
-    connection = redis_client(settings.redis_url)
+    connection = redis_client(settings.redis)
     whmcs = WhmcsClient(settings.whmcs)
     return orchestrator.Services(
         settings=settings,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from shared import keys
+from shared import keys, servertime
 from shared.connections import redis_unavailable
 from shared.errors import RedisUnavailable
 
@@ -108,7 +108,7 @@ class InflightEntry:
 
     job_id: str
     token: str
-    started_at: float  # epoch seconds
+    started_at: float  # epoch seconds, by Redis's clock (shared/servertime.py)
     worker: str
 
     def dumps(self) -> str:
@@ -126,6 +126,12 @@ class InflightEntry:
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def server_now(connection: redis.Redis) -> float:
+    """Redis's clock (what `started_at` is stamped with), an outage as RedisUnavailable."""
+    with redis_unavailable("server time"):
+        return servertime.server_now(connection)
 
 
 def register(connection: redis.Redis, order_id: str, entry: InflightEntry) -> str:

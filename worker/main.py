@@ -22,7 +22,7 @@ from shared.queueing import provisioning_queue
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
 from shared.startup import EXIT_CONFIG, start
-from worker import jobs, reaper, reconciler
+from worker import clock, jobs, reaper, reconciler
 from worker.records import Records
 
 log = logging.getLogger("worker")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     jobs.configure(settings)
 
-    own = redis_client(settings.redis_url)  # the reaper's; RQ gets its own connection below
+    own = redis_client(settings.redis)  # the reaper's; RQ gets its own connection below
     sweeper = reaper.Reaper(
         own,
         Records(engine),
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         secrets=settings.secrets(),
         queue_name=settings.queue_name,
     )
-    connection = redis_client(settings.redis_url)
+    connection = redis_client(settings.redis)
     queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
     sweeper_of_orders = build_reconciler(settings, queue)
     worker = WORKER_CLASSES[args.worker_class](
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
     )
+    offsets = clock.Publisher(own, worker.name)
+    offsets.start()
     sweeper.start()
     sweeper_of_orders.start()
     try:
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sweeper_of_orders.stop()
         sweeper.stop()
+        offsets.stop()
         engine.dispose()
     return 0
 

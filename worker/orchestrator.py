@@ -215,7 +215,7 @@ class Run:
         entry = leases.InflightEntry(
             job_id=self.event.job_id,
             token=lease.token,
-            started_at=time.time(),
+            started_at=leases.server_now(self.s.redis),  # compared on other hosts: Redis's clock
             worker=self.s.worker_name,
         )
         held.callback(self._let_go, leases.register(self.s.redis, self.order_id, entry))

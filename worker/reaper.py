@@ -57,7 +57,9 @@ from shared.errors import (
     short_message,
 )
 from shared.salesforce import SalesforceClient
+from shared.servertime import server_now
 from shared.sfid import is_valid_id, to18
+from worker import clock as worker_clock
 from worker import lease as leases
 from worker import steps
 from worker.records import ACTIVATED, FAILED, RUNNING, SKIPPED, Attempt, Records
@@ -149,7 +151,7 @@ class Reaper:
         """One scan of prov:inflight, then of the queue's RQ registries (judged as at `now`,
         epoch seconds), then of prov:outbox; returns the orders whose abandoned job was dealt
         with or whose waiting outcome Salesforce took."""
-        now = time.time() if now is None else now
+        now = server_now(self.redis) if now is None else now
         reaped = []
         for order_id, raw in leases.entries(self.redis).items():
             if leases.lease_exists(self.redis, order_id):
@@ -306,7 +308,9 @@ class Reaper:
         if lost is None:
             self._done_jobs[job_id] = now  # no valid order id: nothing to fail in Salesforce
             return None
-        return lost if now - lost.started_at >= stale_after(self.ttl) else None
+        # RQ stamped started_at by the worker's clock: judge it on the server's (worker/clock.py).
+        started_at = lost.started_at - worker_clock.offset_of(self.redis, lost.worker)
+        return lost if now - started_at >= stale_after(self.ttl) else None
 
     def _reap_job(self, lost: LostJob, now: float) -> bool:
         if self._order_is_held(lost.order_id):
@@ -391,7 +395,7 @@ class Reaper:
                 "salesforce_status": state,
                 "step": attempt.step if attempt else "",
                 "lease_taken": not before_lease,
-                "seconds_since_start": round(time.time() - entry.started_at, 1),
+                "seconds_since_start": round(server_now(self.redis) - entry.started_at, 1),
             },
         )
         return True
