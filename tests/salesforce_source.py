@@ -79,6 +79,10 @@ def _walk(node: ast.AST, function: str) -> Iterator[tuple[str, ast.AST]]:
             yield from _walk(child, function)
 
 
+# Modules whose SELECTs are SQL for the fulfilment database, not SOQL for Salesforce.
+SQL_MODULES = ("shared.db", "shared.migrations", "shared.retention")
+
+
 def soql_queries() -> list[tuple[str, str]]:
     """(where, SOQL) of every query the packages send.
 
@@ -88,7 +92,7 @@ def soql_queries() -> list[tuple[str, str]]:
     builders = {("worker.steps", "order_soql"): _order_soql}
     found = []
     for module, function, text in string_literals():
-        if not text.lstrip().startswith("SELECT "):
+        if not text.lstrip().startswith("SELECT ") or module.startswith(SQL_MODULES):
             continue
         builder = builders.get((module, function))
         query = builder() if builder else text
