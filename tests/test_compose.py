@@ -18,7 +18,7 @@ from healthcheck.app import PROBE_TIMEOUT
 from provisioner.cli import COMMANDS
 from shared.config import VARIABLES, Settings, load_settings
 from shared.connections import REDIS_SOCKET_TIMEOUT
-from worker import steps
+from worker import ordering
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -158,7 +158,7 @@ REDIS_CALLS = 6  # lease take, held checks, release, in-flight record, token cac
 
 def worst_case_job_seconds(settings: Settings) -> float:
     sf, whmcs = settings.salesforce, settings.whmcs
-    lookup_pages = steps.LOOKUP_MAX_ORDERS // steps.LOOKUP_PAGE  # looking before ordering again
+    lookup_pages = ordering.LOOKUP_MAX_ORDERS // ordering.LOOKUP_PAGE  # looking before ordering again
     return (
         SF_CALLS * (sf.connect_timeout + sf.timeout)
         + (WHMCS_READS + lookup_pages) * (whmcs.connect_timeout + whmcs.read_timeout)
