@@ -158,7 +158,8 @@ REDIS_CALLS = 6  # lease take, held checks, release, in-flight record, token cac
 
 def worst_case_job_seconds(settings: Settings) -> float:
     sf, whmcs = settings.salesforce, settings.whmcs
-    lookup_pages = ordering.LOOKUP_MAX_ORDERS // ordering.LOOKUP_PAGE  # looking before ordering again
+    # Looking for an earlier order before ordering again.
+    lookup_pages = ordering.LOOKUP_MAX_ORDERS // ordering.LOOKUP_PAGE
     return (
         SF_CALLS * (sf.connect_timeout + sf.timeout)
         + (WHMCS_READS + lookup_pages) * (whmcs.connect_timeout + whmcs.read_timeout)
