@@ -58,6 +58,7 @@ HINTS = (
 class Token:
     access_token: str
     instance_url: str
+    org_id: str = ""  # the Pub/Sub API's tenantid, from the token response's identity URL
 
 
 def _secret(token: Token) -> Token:
@@ -73,6 +74,12 @@ def hint_for(error: str, description: str) -> str:
         if fragment in text:
             return hint
     return "check the connected app JWT config (consumer key, certificate, pre-authorised user)"
+
+
+def org_id_of(identity_url: str) -> str:
+    """The org id from the token response's `id`, https://<host>/id/<org id>/<user id>."""
+    parts = identity_url.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "id" else ""
 
 
 class TokenProvider:
@@ -111,7 +118,11 @@ class TokenProvider:
         data = self.redis.hgetall(keys.SF_TOKEN)
         if not data.get(b"access_token"):
             return None
-        return Token(data[b"access_token"].decode(), data[b"instance_url"].decode())
+        return Token(
+            data[b"access_token"].decode(),
+            data[b"instance_url"].decode(),
+            data.get(b"org_id", b"").decode(),
+        )
 
     def _mint_single_flight(self, stale: Token | None) -> Token:
         deadline = self.clock() + 2 * LOCK_MS / 1000
@@ -143,6 +154,7 @@ class TokenProvider:
             mapping={
                 "access_token": token.access_token,
                 "instance_url": token.instance_url,
+                "org_id": token.org_id,
                 "minted_at": f"{self.clock():.3f}",
             },
         )
@@ -186,7 +198,11 @@ class TokenProvider:
             log.info(
                 "Salesforce JWT login succeeded", extra={"instance_url": body.get("instance_url")}
             )
-            return Token(str(body["access_token"]), str(body.get("instance_url", "")))
+            return Token(
+                str(body["access_token"]),
+                str(body.get("instance_url", "")),
+                org_id_of(str(body.get("id", ""))),
+            )
         if isinstance(body, dict) and "error" in body:
             error, description = str(body["error"]), str(body.get("error_description", ""))
             hint = hint_for(error, description)

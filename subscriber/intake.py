@@ -142,6 +142,7 @@ class Intake:
         job_timeout: int,
         fence: tuple[str, str] | None = None,  # (leader key, our lock value)
         clock: Callable[[], float] = time.time,
+        replay_key: str | None = None,  # the Pub/Sub transport keeps its position apart
     ) -> None:
         self.redis = connection
         self.queue = queue
@@ -149,12 +150,15 @@ class Intake:
         self.job_timeout = job_timeout
         self.fence = (fence[0], fence[1].encode()) if fence else None
         self.clock = clock
-        self.replay_key = keys.replay_key(channel)
+        self.replay_key = replay_key or keys.replay_key(channel)
         self.heartbeat_key = keys.heartbeat_key(channel)
         self._accept_script = connection.register_script(ACCEPT_SCRIPT)
 
-    def accept(self, data: Any) -> Accepted:
-        """Enqueue the event's job unless it was seen before; advance the replay id either way."""
+    def accept(self, data: Any, position: str | None = None) -> Accepted:
+        """Enqueue the event's job unless it was seen before; advance the replay id either way.
+
+        `position`: what to store as the replay position instead of the event's replay id (the
+        Pub/Sub transport's opaque id, as hex)."""
         event = job_event(self.channel, data)
         job_id = queueing.job_id_for(event["event_uuid"], event["replay_id"])
         with bind(
@@ -163,7 +167,7 @@ class Intake:
             replay_id=event["replay_id"],
             channel=self.channel,
         ):
-            accepted = self._commit(event, job_id)
+            accepted = self._commit(event, job_id, position)
             fields = {
                 "order_id": event["order_id"],
                 "event_uuid": event["event_uuid"],
@@ -176,12 +180,12 @@ class Intake:
                 log.info("Platform Event enqueued for provisioning", extra=fields)
         return accepted
 
-    def _commit(self, event: dict[str, Any], job_id: str) -> Accepted:
+    def _commit(self, event: dict[str, Any], job_id: str, position: str | None = None) -> Accepted:
         seen_key = keys.seen_key(dedupe_id(event, job_id))
         fence_key, fence_value = self.fence or (seen_key, b"")
         groups = (
             self._recorded_enqueue(event, job_id, seen_key),
-            *self._replay_writes(event),
+            *self._replay_writes(event, position),
             [("HINCRBY", self.heartbeat_key, "events_enqueued", 1)],
             [("HINCRBY", self.heartbeat_key, "duplicates", 1)],
         )
@@ -206,13 +210,16 @@ class Intake:
         recorder.reset()
         return commands
 
-    def _replay_writes(self, event: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    def _replay_writes(
+        self, event: dict[str, Any], position: str | None = None
+    ) -> tuple[list[Any], list[Any]]:
         """The replay id, and the heartbeat's view of it (none for an event without one)."""
-        if event["replay_id"] is None:
+        if event["replay_id"] is None and position is None:
             return [], []
-        replay_id = str(event["replay_id"])
+        replay_id = str(event["replay_id"] if event["replay_id"] is not None else position)
         heartbeat = ("HSET", self.heartbeat_key, "last_replay_id", replay_id)
-        return [("SET", self.replay_key, replay_id)], [
+        stored = position if position is not None else replay_id
+        return [("SET", self.replay_key, stored)], [
             (*heartbeat, "last_event_at", f"{self.clock():.3f}")
         ]
 
