@@ -14,7 +14,8 @@ so clients learn promptly that it is.
 Faults from the shared FaultBook: target `pubsub.subscribe` (when a stream opens), kinds
 `unauthenticated`, `unavailable` (INTERNAL "The service is unavailable"), `invalid_replay`; target
 `pubsub.fetch` (before each response), kinds `unavailable`, `close` (UNAVAILABLE "RST_STREAM
-closed stream", a stream closed mid-flight) and `silence` (`seconds`: no events, no keepalive).
+closed stream", a stream closed mid-flight), `silence` (`seconds`: no events, no keepalive) and
+`duplicate` (the last batch is delivered again).
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.FetchResponse]:
         last_sent = float("-inf")  # the first keepalive at once (module docstring)
+        last_batch: list[dict[str, Any]] = []
         while context.is_active() and not stream.closed:
             if not self.tokens.is_valid(token):
                 self._refuse_auth(context)
@@ -292,9 +294,11 @@ class PubSubServer(pb_grpc.PubSubServicer):
                 wanted = stream.requested
             found = self.bus.after(topic, cursor, wanted) if wanted else []
             if found or time.monotonic() - last_sent >= self.keepalive:
-                self._fetch_faults(context)
+                if self._fetch_faults(context) == "duplicate":
+                    found = last_batch + found  # delivered again, as at-least-once allows
                 if found:
-                    cursor = found[-1]["event"]["replayId"]
+                    cursor = max(cursor, found[-1]["event"]["replayId"])
+                    last_batch = found
                     yield self._batch(topic, found, stream)
                 else:
                     yield self._keepalive(topic, stream)
@@ -309,15 +313,15 @@ class PubSubServer(pb_grpc.PubSubServicer):
         with stream.changed:
             stream.changed.wait_for(lambda: stream.requested or stream.closed, timeout)
 
-    def _fetch_faults(self, context: grpc.ServicerContext) -> None:
+    def _fetch_faults(self, context: grpc.ServicerContext) -> str | None:
         fault = self.faults.take("pubsub.fetch")
-        if fault is None:
-            return
+        if fault is None or fault.kind == "duplicate":
+            return fault.kind if fault else None
         if fault.kind == "silence":
             deadline = time.monotonic() + float(fault.params.get("seconds", 30))
             while context.is_active() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            return
+            return fault.kind
         if fault.kind == "close":
             context.abort(grpc.StatusCode.UNAVAILABLE, "RST_STREAM closed stream. HTTP/2 error")
         self._unavailable(context)
