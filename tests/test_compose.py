@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 APP_SERVICES = ("migrate", "subscriber", "worker", "health")
-KNOWN = {v.name for v in VARIABLES} | {"REQUESTS_CA_BUNDLE"}
+KNOWN = {v.name for v in VARIABLES} | {"REQUESTS_CA_BUNDLE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"}
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
 
