@@ -260,10 +260,17 @@ class PubSubServer(pb_grpc.PubSubServicer):
             return self.bus.floor(topic)
         if first.replay_preset == pb.ReplayPreset.CUSTOM:
             after = replay_int(first.replay_id)
-            if after is None or not self.bus.is_retained(topic, after):
+            if after is None or not self._resumable(topic, after):
                 self._refuse_replay(context)
             return int(after or 0)
         return self.bus.tip(topic)
+
+    def _resumable(self, topic: str, after: int) -> bool:
+        """A retained event's id, or the tip a keepalive handed out (unless since purged)."""
+        if self.bus.is_retained(topic, after):
+            return True
+        floor = self.bus.floor(topic)
+        return after == self.bus.tip(topic) and (after > floor or floor == 0)
 
     def _read(self, requests: Iterator[pb.FetchRequest], stream: _Stream, topic: str) -> None:
         try:
@@ -293,7 +300,8 @@ class PubSubServer(pb_grpc.PubSubServicer):
             with stream.changed:
                 wanted = stream.requested
             found = self.bus.after(topic, cursor, wanted) if wanted else []
-            if found or time.monotonic() - last_sent >= self.keepalive:
+            # Keepalives only while requested events are pending, as at Salesforce.
+            if found or (wanted and time.monotonic() - last_sent >= self.keepalive):
                 if self._fetch_faults(context) == "duplicate":
                     found = last_batch + found  # delivered again, as at-least-once allows
                 if found:
