@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import economy, enqueue, latency, orchestration, recommend, scaling, workers
+from bench import (
+    economy,
+    enqueue,
+    latency,
+    orchestration,
+    recommend,
+    scaling,
+    transports,
+    workers,
+)
 from bench.harness import BenchError, Measurement, Run, Skipped, claim_database, reset_database
 from bench.results import RESULTS_DIR, document, machine, markdown, write
 from shared.logs import configure_logging
@@ -36,6 +45,7 @@ SPECS = (
     Spec(4, "scaling", "Scaling with worker processes", scaling.measure),
     Spec(5, "economy", "API economy", economy.measure),
     Spec(6, "worker_classes", "Worker class: per-job cost", workers.measure),
+    Spec(7, "transports", "Event transports side by side", transports.measure),
 )
 
 
