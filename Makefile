@@ -35,11 +35,14 @@ bench: venv         ## benchmarks; writes bench/results/
 bench-quick: venv
 	$(BIN)/python -m bench --quick
 
+# SF_EVENTS_TRANSPORT=pubsub make chaos: the same run over the Pub/Sub API.
+CHAOS_TRANSPORT := --transport $(or $(SF_EVENTS_TRANSPORT),cometd)
+
 chaos: venv         ## the reliability run: kills, restarts and faults under load
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(CHAOS_TRANSPORT)
 
 chaos-quick: venv
-	$(BIN)/python -m bench.chaos --quick
+	$(BIN)/python -m bench.chaos --quick $(CHAOS_TRANSPORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .demo .sandbox

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.chaos_check import Check, World, outcome
-from bench.chaos_faults import BY_KEY, KINDS
+from bench.chaos_faults import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
 from bench.chaos_inject import Injection
 from bench.chaos_procs import Restart
 
@@ -62,7 +62,7 @@ def hits(
     found = set(injection.hit)
     if injection.window:
         found |= between(injection.window[0], injection.window[1])
-    if kind.target.startswith("cometd.") and fired_at is not None:
+    if kind.target.startswith(STREAM_TARGETS) and fired_at is not None:
         found |= between(fired_at + STREAM_WINDOW[0], fired_at + STREAM_WINDOW[1])
     if kind.fault == "duplicate":
         found |= duplicates
@@ -77,7 +77,7 @@ def fault_rows(
     after_retry: World,
 ) -> list[FaultRow]:
     rows = []
-    for kind in KINDS:
+    for kind in (*kinds(), *STREAM_KINDS["pubsub"]):  # rows only for kinds injected
         mine = [i for i in injections if i.kind == kind.key]
         if not mine:
             continue
