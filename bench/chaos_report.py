@@ -151,8 +151,8 @@ def _fault_table(rows: Sequence[FaultRow]) -> list[str]:
         "Orders hit: WHMCS faults, the calls they struck; kills, the Redis restart and the token "
         "revocation, the orders in flight at that moment plus those approved until the "
         "subscriber's next successful connect; stream faults (CometD or Pub/Sub), the orders "
-        "approved from 0.5 s before to 2 s after the fault fired (and, for duplicates, every event the subscriber "
-        "logged as received twice). An order can be hit by several faults. "
+        "approved from 0.5 s before to 2 s after the fault fired (and, for duplicates, every "
+        "event the subscriber logged as received twice). An order can be hit by several faults. "
         '"after retry": the Failed ones among them after Provision / Retry.',
     ]
     return lines
