@@ -4,7 +4,7 @@ Written by the active subscriber, read by the health app, metrics, `provisioner 
 `provisioner replay show`. Times are epoch seconds as strings. Fields:
 state (starting | connecting | connected | backoff | standby | disabled | stopped), holder,
 updated_at, last_connect_at, last_event_at, last_replay_id, advised_timeout, replay_fallbacks,
-last_fallback_at, events_enqueued, duplicates.
+last_fallback_at, events_enqueued, duplicates, transport (cometd | pubsub).
 """
 
 from __future__ import annotations
