@@ -88,10 +88,10 @@ STREAM_KINDS: dict[str, tuple[Kind, ...]] = {
         ),
         Kind(
             "unauthenticated",
-            "Pub/Sub UNAUTHENTICATED on subscribe",
+            "Pub/Sub UNAUTHENTICATED mid-stream",
             1,
             1,
-            "pubsub.subscribe",
+            "pubsub.fetch",
             "unauthenticated",
         ),
     ),

@@ -14,8 +14,9 @@ so clients learn promptly that it is.
 Faults from the shared FaultBook: target `pubsub.subscribe` (when a stream opens), kinds
 `unauthenticated`, `unavailable` (INTERNAL "The service is unavailable"), `invalid_replay`; target
 `pubsub.fetch` (before each response), kinds `unavailable`, `close` (UNAVAILABLE "RST_STREAM
-closed stream", a stream closed mid-flight), `silence` (`seconds`: no events, no keepalive) and
-`duplicate` (the last batch is delivered again).
+closed stream", a stream closed mid-flight), `silence` (`seconds`: no events, no keepalive),
+`unauthenticated` (the session expired under the open stream) and `duplicate` (the last batch is
+delivered again).
 """
 
 from __future__ import annotations
@@ -332,6 +333,8 @@ class PubSubServer(pb_grpc.PubSubServicer):
             return fault.kind
         if fault.kind == "close":
             context.abort(grpc.StatusCode.UNAVAILABLE, "RST_STREAM closed stream. HTTP/2 error")
+        if fault.kind == "unauthenticated":  # the session expired under an open stream
+            self._refuse_auth(context)
         self._unavailable(context)
 
     def _batch(self, topic: str, events: list[dict[str, Any]], stream: _Stream) -> pb.FetchResponse:
