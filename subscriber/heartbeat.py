@@ -58,8 +58,12 @@ class Heartbeat:
             }
         )
 
-    def record_fallback(self, requested: int, fallback: int, error: str) -> dict[str, Any]:
-        """An invalid-replay fallback: count it and keep the record for health and doctor."""
+    def record_fallback(
+        self, requested: int | str, fallback: int | str, error: str
+    ) -> dict[str, Any]:
+        """An invalid-replay fallback: count it and keep the record for health and doctor.
+
+        CometD positions are numbers; Pub/Sub's are hex ids and preset names (EARLIEST)."""
         now = self.clock()
         record = {
             "at": _stamp(now),

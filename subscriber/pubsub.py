@@ -350,7 +350,7 @@ class PubSubStream:
                 "error": error,
             },
         )
-        self.heartbeat.record_fallback(position.describe(), fallback.describe(), error)  # type: ignore[arg-type]
+        self.heartbeat.record_fallback(position.describe(), fallback.describe(), error)
         self._override = fallback
 
 
