@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 import redis
@@ -58,7 +58,9 @@ HINTS = (
 class Token:
     access_token: str
     instance_url: str
-    org_id: str = ""  # the Pub/Sub API's tenantid, from the token response's identity URL
+    # The Pub/Sub API's tenantid, from the token response's identity URL. Not part of a token's
+    # identity: "is this the token that was refused" compares the token itself.
+    org_id: str = field(default="", compare=False)
 
 
 def _secret(token: Token) -> Token:
