@@ -367,8 +367,8 @@ class PubSubServer(pb_grpc.PubSubServicer):
             value = event["payload"].get(field["name"])
             if field["name"] == "CreatedDate":
                 value = _epoch_ms(value)
-            elif value is not None:
-                value = str(value)
+            elif value is not None:  # lone surrogates (bad-input tests) cannot be UTF-8
+                value = str(value).encode("utf-8", "replace").decode()
             record[field["name"]] = "" if value is None and field["type"] == "string" else value
         out = BytesIO()
         fastavro.schemaless_writer(out, parsed, record)

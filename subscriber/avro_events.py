@@ -49,6 +49,11 @@ class Schemas:
         return len(self._parsed)
 
 
+# What fastavro raises for bytes that are not a record of the schema (tests/test_pubsub.py
+# holds this against arbitrary bytes).
+UNDECODABLE = (ValueError, EOFError, KeyError, TypeError, IndexError)
+
+
 def decode(payload: bytes, parsed: Any) -> dict[str, Any]:
     record = fastavro.schemaless_reader(BytesIO(payload), parsed, None)
     record = dict(record) if isinstance(record, dict) else {}

@@ -301,7 +301,7 @@ class PubSubStream:
         parsed = self.schemas.get(event.schema_id)
         try:
             record = avro_events.decode(event.payload, parsed)
-        except (ValueError, EOFError, KeyError, TypeError, IndexError) as exc:
+        except avro_events.UNDECODABLE as exc:
             # Passed on without a payload, as a malformed CometD event is: the worker refuses
             # it, and the stream does not stall on it.
             log.error(

@@ -13,15 +13,19 @@ from io import BytesIO
 import fastavro
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandbox.http import wait_until
+from sandbox.pubsub import event_schema
 from shared import keys
 from shared import pubsub_api_pb2 as pb
 from shared import pubsub_api_pb2_grpc as pb_grpc
 from shared.config import DEFAULT_CHANNEL
 from shared.sfauth import Token, TokenProvider, org_id_of
 from subscriber import pubsub_replay
-from subscriber.avro_events import iso_datetime
+from subscriber.avro_events import UNDECODABLE, iso_datetime
+from subscriber.avro_events import decode as decode_payload
 from subscriber.pubsub import metadata
 from subscriber.pubsub_replay import Position
 from tests.test_subscriber_process import (
@@ -110,6 +114,17 @@ def test_created_date_reads_as_cometd_writes_it():
 )
 def test_the_tenant_id_comes_from_the_identity_url(url, org):
     assert org_id_of(url) == org
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.binary(max_size=80))
+def test_arbitrary_bytes_decode_or_fail_as_undecodable(payload):
+    parsed = fastavro.parse_schema(event_schema(DEFAULT_CHANNEL))
+    try:
+        record = decode_payload(payload, parsed)
+    except UNDECODABLE:
+        return
+    assert isinstance(record, dict)
 
 
 # --- the sandbox's endpoint, through a real gRPC client ----------------------------------------
