@@ -46,12 +46,14 @@ bench-quick: venv
 
 bench-failover: venv  ## Sentinel failover under load (private servers); writes bench/results/failover-*
 	$(BIN)/python -m bench.failover
+# SF_EVENTS_TRANSPORT=pubsub make chaos: the same run over the Pub/Sub API.
+CHAOS_TRANSPORT := --transport $(or $(SF_EVENTS_TRANSPORT),cometd)
 
 chaos: venv         ## the reliability run: kills, restarts and faults under load
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(CHAOS_TRANSPORT)
 
 chaos-quick: venv
-	$(BIN)/python -m bench.chaos --quick
+	$(BIN)/python -m bench.chaos --quick $(CHAOS_TRANSPORT)
 
 # The Salesforce DX source, checked with no org: the Salesforce CLI converts it to Metadata API
 # format (any error fails), and Lightning Flow Scanner lints the Flows (any error fails).

@@ -12,7 +12,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import economy, enqueue, latency, orchestration, recommend, scaling, scrape, workers
+from bench import (
+    economy,
+    enqueue,
+    latency,
+    orchestration,
+    recommend,
+    scaling,
+    scrape,
+    transports,
+    workers,
+)
 from bench.harness import BenchError, Measurement, Run, Skipped, claim_database, reset_database
 from bench.results import RESULTS_DIR, document, machine, markdown, write
 from shared.logs import configure_logging
@@ -37,6 +47,7 @@ SPECS = (
     Spec(5, "economy", "API economy", economy.measure),
     Spec(6, "worker_classes", "Worker class: per-job cost", workers.measure),
     Spec(7, "metrics_scrape", "/metrics scrape over a large history", scrape.measure),
+    Spec(8, "transports", "Event transports side by side", transports.measure),
 )
 
 

@@ -129,7 +129,9 @@ class Chaos:
         self.info.seconds[name] = self.clock() - started
 
     def _load(self, order_ids: Sequence[str]) -> None:
-        schedule = plan(self.seed, self.size.load_seconds, self.size.quick)
+        schedule = plan(
+            self.seed, self.size.load_seconds, self.size.quick, self.rig.tuning.transport
+        )
         start = self.clock()
         striker = threading.Thread(target=self._strike, args=(schedule, start), daemon=True)
         striker.start()
@@ -278,16 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     command = "python -m bench.chaos" + (" --quick" if args.quick else "")
+    command += f" --transport {args.transport}" if args.transport != "cometd" else ""
     say(f"seed {seed} (reproduce the schedule with --seed {seed})")
     work_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     clock = Clock()
-    rig = Rig(work_dir, args.database_url, Tuning(), clock)
+    rig = Rig(work_dir, args.database_url, Tuning(transport=args.transport), clock)
     try:
         text, passed = Chaos(rig, size, seed, clock, command).run()
     finally:
         rig.close()
     print(text)
-    path = _write(text, args.out, args.quick)
+    path = _write(text, args.out, args.quick, args.transport)
     say(f"wrote {path}")
     if passed and not args.keep:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -296,9 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if passed else 1
 
 
-def _write(text: str, out: Path, quick: bool) -> Path:
+def _write(text: str, out: Path, quick: bool, transport: str = "cometd") -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / ("chaos-quick-latest.md" if quick else "chaos-latest.md")
+    suffix = "" if transport == "cometd" else f"-{transport}"
+    path = out / (f"chaos-quick{suffix}-latest.md" if quick else f"chaos{suffix}-latest.md")
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -317,6 +321,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the table is written")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
+    parser.add_argument(
+        "--transport",
+        choices=("cometd", "pubsub"),
+        default="cometd",
+        help="the subscriber's SF_EVENTS_TRANSPORT, with that transport's stream faults "
+        "(default: %(default)s; `make chaos` passes SF_EVENTS_TRANSPORT)",
+    )
     return parser
 
 

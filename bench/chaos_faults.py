@@ -27,15 +27,13 @@ class Kind:
         return bool(self.target)
 
 
-# `hang` params are filled in by the injector: longer than the services' read timeouts.
+# `hang` params are filled in by the injector: longer than the services' read timeouts. The
+# stream's faults depend on the transport: STREAM_KINDS below, placed by kinds().
 KINDS: tuple[Kind, ...] = (
     Kind("kill_worker", "kill -9 a worker (and its work horse)", 5, 2),
     Kind("kill_subscriber", "kill -9 the subscriber", 2, 1),
     Kind("restart_redis", "restart Redis (append-only on)", 1, 1),
     Kind("revoke_token", "revoke every Salesforce token", 2, 1),
-    Kind("unknown_client", "CometD 403::Unknown client", 2, 1, "cometd.connect", "unknown_client"),
-    Kind("lost_batch", "CometD lost batch", 2, 1, "cometd.connect", "lost_batch"),
-    Kind("duplicate", "CometD duplicate delivery", 2, 1, "cometd.connect", "duplicate"),
     Kind("add_503", "WHMCS AddOrder 503", 3, 1, "whmcs.AddOrder", "status", {"status": 503}),
     Kind("add_timeout", "WHMCS AddOrder timeout", 2, 1, "whmcs.AddOrder", "hang"),
     Kind(
@@ -59,7 +57,54 @@ KINDS: tuple[Kind, ...] = (
         "commit_then_hang",
     ),
 )
-BY_KEY = {kind.key: kind for kind in KINDS}
+# The stream's own faults, in each transport's form.
+STREAM_KINDS: dict[str, tuple[Kind, ...]] = {
+    "cometd": (
+        Kind(
+            "unknown_client", "CometD 403::Unknown client", 2, 1, "cometd.connect", "unknown_client"
+        ),
+        Kind("lost_batch", "CometD lost batch", 2, 1, "cometd.connect", "lost_batch"),
+        Kind("duplicate", "CometD duplicate delivery", 2, 1, "cometd.connect", "duplicate"),
+    ),
+    "pubsub": (
+        Kind("stream_closed", "Pub/Sub stream closed mid-flight", 2, 1, "pubsub.fetch", "close"),
+        Kind(
+            "service_unavailable",
+            "Pub/Sub INTERNAL service unavailable",
+            2,
+            1,
+            "pubsub.fetch",
+            "unavailable",
+        ),
+        Kind("pubsub_duplicate", "Pub/Sub duplicate delivery", 2, 1, "pubsub.fetch", "duplicate"),
+        Kind(
+            "no_keepalive",
+            "Pub/Sub silence: no event, no keepalive",
+            1,
+            1,
+            "pubsub.fetch",
+            "silence",
+            {"seconds": 60},
+        ),
+        Kind(
+            "unauthenticated",
+            "Pub/Sub UNAUTHENTICATED mid-stream",
+            1,
+            1,
+            "pubsub.fetch",
+            "unauthenticated",
+        ),
+    ),
+}
+STREAM_TARGETS = ("cometd.", "pubsub.")
+
+
+def kinds(transport: str = "cometd") -> tuple[Kind, ...]:
+    """Every kind a run with this transport injects."""
+    return KINDS[:4] + STREAM_KINDS[transport] + KINDS[4:]
+
+
+BY_KEY = {kind.key: kind for kind in (*KINDS, *(k for ks in STREAM_KINDS.values() for k in ks))}
 # Faults strike within this part of the load phase, so that the last orders, the reaper and the
 # unknown-outcome window all finish before the checks.
 EARLIEST, LATEST = 0.08, 0.7
@@ -71,12 +116,12 @@ class Planned:
     kind: str
 
 
-def plan(seed: int, duration: float, quick: bool) -> list[Planned]:
+def plan(seed: int, duration: float, quick: bool, transport: str = "cometd") -> list[Planned]:
     """When each fault strikes, in order."""
     rng = random.Random(seed)
     planned = [
         Planned(round(rng.uniform(EARLIEST * duration, LATEST * duration), 2), kind.key)
-        for kind in KINDS
+        for kind in kinds(transport)
         for _ in range(kind.quick if quick else kind.full)
     ]
     return sorted(planned, key=lambda p: (p.at, p.kind))

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from bench.chaos_faults import BY_KEY, Kind
+from bench.chaos_faults import BY_KEY, STREAM_TARGETS, Kind
 from bench.chaos_procs import RedisServer, Service, Supervisor
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
@@ -129,7 +129,7 @@ class Injector:
     # --- the kinds ---
 
     def _emulated(self, kind: Kind, injection: Injection) -> None:
-        if kind.target.startswith("cometd."):
+        if kind.target.startswith(STREAM_TARGETS):
             # A stream fault only means something while events flow: not while the subscriber
             # is away (after a kill it waits out the old leader lock).
             _wait_for_stream(self.redis_server.url)

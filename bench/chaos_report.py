@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.chaos_check import Check, World, outcome
-from bench.chaos_faults import BY_KEY, KINDS
+from bench.chaos_faults import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
 from bench.chaos_inject import Injection
 from bench.chaos_procs import Restart
 
@@ -62,7 +62,7 @@ def hits(
     found = set(injection.hit)
     if injection.window:
         found |= between(injection.window[0], injection.window[1])
-    if kind.target.startswith("cometd.") and fired_at is not None:
+    if kind.target.startswith(STREAM_TARGETS) and fired_at is not None:
         found |= between(fired_at + STREAM_WINDOW[0], fired_at + STREAM_WINDOW[1])
     if kind.fault == "duplicate":
         found |= duplicates
@@ -77,7 +77,7 @@ def fault_rows(
     after_retry: World,
 ) -> list[FaultRow]:
     rows = []
-    for kind in KINDS:
+    for kind in (*kinds(), *STREAM_KINDS["pubsub"]):  # rows only for kinds injected
         mine = [i for i in injections if i.kind == kind.key]
         if not mine:
             continue
@@ -150,9 +150,9 @@ def _fault_table(rows: Sequence[FaultRow]) -> list[str]:
         "",
         "Orders hit: WHMCS faults, the calls they struck; kills, the Redis restart and the token "
         "revocation, the orders in flight at that moment plus those approved until the "
-        "subscriber's next successful connect; CometD faults, the orders approved from 0.5 s "
-        "before to 2 s after the fault fired (and, for duplicates, every event the subscriber "
-        "logged as received twice). An order can be hit by several faults. "
+        "subscriber's next successful connect; stream faults (CometD or Pub/Sub), the orders "
+        "approved from 0.5 s before to 2 s after the fault fired (and, for duplicates, every "
+        "event the subscriber logged as received twice). An order can be hit by several faults. "
         '"after retry": the Failed ones among them after Provision / Retry.',
     ]
     return lines

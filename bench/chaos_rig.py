@@ -35,9 +35,14 @@ class Tuning:
     whmcs_read_timeout: float = 5.0
     sf_timeout: float = 5.0
     job_timeout: int = 120
+    transport: str = "cometd"  # SF_EVENTS_TRANSPORT
+    # Pub/Sub watchdog: past the sandbox's keepalive pace (COMETD_TIMEOUT), well short of 330 s.
+    pubsub_stall_timeout: float = 25.0
 
     def env(self) -> dict[str, str]:
         return {
+            "SF_EVENTS_TRANSPORT": self.transport,
+            "SF_PUBSUB_STALL_TIMEOUT": f"{self.pubsub_stall_timeout:g}",
             "ORDER_LOCK_TTL": str(self.order_lock_ttl),
             "WHMCS_WRITE_TIMEOUT": f"{self.whmcs_write_timeout:g}",
             "WHMCS_READ_TIMEOUT": f"{self.whmcs_read_timeout:g}",

@@ -204,8 +204,9 @@ class Rig:
 
     # --- processes ----------------------------------------------------------------------------
 
-    def start_subscriber(self) -> Proc:
-        proc = Proc.python(["subscriber"], self._log("subscriber"), self.env())
+    def start_subscriber(self, **extra: str) -> Proc:
+        """`extra`: environment on top of the rig's (SF_EVENTS_TRANSPORT=pubsub)."""
+        proc = Proc.python(["subscriber"], self._log("subscriber"), {**self.env(), **extra})
         heartbeat = keys.heartbeat_key(DEFAULT_CHANNEL)
         if not wait_until(lambda: self.conn.hget(heartbeat, "state") == b"connected", 30):
             proc.stop()

@@ -169,12 +169,35 @@ def read_replay_id(conn: redis.Redis, channel: str) -> int | None:
     return as_int(conn.get(keys.replay_key(channel)))
 
 
+def read_position(conn: redis.Redis, channel: str, transport: str) -> dict[str, Any]:
+    """The stored position of the transport in use. Pub/Sub ids are opaque bytes: shown as hex,
+    and as the number an 8-byte one carries (what the jobs and the replay_id gauge hold)."""
+    if transport != "pubsub":
+        return {"transport": "cometd", "replay_id": read_replay_id(conn, channel)}
+    raw = conn.get(keys.pubsub_replay_key(channel))
+    hexid = _text(raw) if raw is not None else None
+    number = int(hexid, 16) if hexid and len(hexid) == 16 and _is_hex(hexid) else None
+    return {"transport": "pubsub", "replay_id": number, "replay_id_bytes": hexid}
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
 def replay_storage(conn: redis.Redis, queue_name: str, channel: str, now: float) -> dict[str, Any]:
-    """The runbook's `integrations.redis` probe: queue and replay storage as the pipeline sees."""
+    """The runbook's `integrations.redis` probe: queue and replay storage as the pipeline sees.
+
+    The transport is the one the subscriber declared in its heartbeat (SF_EVENTS_TRANSPORT)."""
+    heartbeat = read_heartbeat(conn, channel)
+    transport = heartbeat.get("transport") or "cometd"
     return {
         "queue": {"name": queue_name, **queue_stats(conn, queue_name)},
-        "replay": {"channel": channel, "replay_id": read_replay_id(conn, channel)},
-        "subscriber": subscriber_status(read_heartbeat(conn, channel), now),
+        "replay": {"channel": channel, **read_position(conn, channel, transport)},
+        "subscriber": subscriber_status(heartbeat, now),
         "outbox": waiting_outcomes(conn, now),
     }
 

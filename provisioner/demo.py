@@ -54,6 +54,12 @@ class DemoError(RuntimeError):
     """The demo cannot go on; the message says why and where to look."""
 
 
+TRANSPORTS = {
+    "cometd": "CometD (Streaming API)",
+    "pubsub": "the Pub/Sub API (gRPC)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--orders", type=_positive, default=20, help="orders to approve (20)")
     parser.add_argument(
@@ -65,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=60.0, help="seconds to wait for every outcome (60)"
     )
     parser.add_argument("--dir", default=".demo", help="working directory (.demo)")
+    parser.add_argument(
+        "--transport",
+        choices=("cometd", "pubsub"),
+        default="cometd",
+        help="how the subscriber takes the platform events: CometD or the Pub/Sub API (cometd)",
+    )
     parser.add_argument(
         "--log-level",
         type=str.upper,
@@ -194,6 +206,7 @@ class Demo:
             "REDIS_URL": self.redis.url,
             "DATABASE_URL": self.database_url(),
             "SF_EVENTS_ENABLED": "true",
+            "SF_EVENTS_TRANSPORT": self.args.transport,
             "APP_ENV": "demo",
             "LOG_LEVEL": self.args.log_level.upper(),
         }
@@ -221,6 +234,7 @@ class Demo:
         self.supervisor.start("subscriber", [python, "-m", "subscriber"], env)
         names = ", ".join(f"{c.name} ({c.pid})" for c in self.supervisor.children if c.tier)
         self.say(f"started:  {names}")
+        self.say(f"events:   over {TRANSPORTS[self.args.transport]}")
 
     def wait_until_ready(self) -> None:
         checks: dict[str, Callable[[], bool]] = {

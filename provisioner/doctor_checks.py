@@ -14,7 +14,7 @@ import requests
 
 from healthcheck import probes
 from provisioner.doctor import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
-from shared import outbox
+from shared import keys, outbox
 from shared.errors import AuthError, IntegrationError, RemoteError
 from shared.servertime import server_now
 from shared.sfauth import Token
@@ -187,7 +187,10 @@ def events_enabled(ctx: Context) -> Verdict:
         return failed(
             "SF_EVENTS_ENABLED=false: the subscriber idles without connecting", FIX_NO_EVENTS
         )
-    return passed(f"SF_EVENTS_ENABLED=true, SF_EVENTS_REPLAY={ctx.s.events.replay}")
+    return passed(
+        f"SF_EVENTS_ENABLED=true, SF_EVENTS_REPLAY={ctx.s.events.replay}, "
+        f"SF_EVENTS_TRANSPORT={ctx.s.events.transport}"
+    )
 
 
 def event_channel(ctx: Context) -> Verdict:
@@ -309,20 +312,27 @@ def heartbeat_verdict(heartbeat: Mapping[str, str], now: float, channel: str) ->
 
 
 def replay_progress(ctx: Context) -> Verdict:
-    channel = ctx.s.events.channel
-    stored = probes.read_replay_id(ctx.redis(), channel)
+    channel, transport = ctx.s.events.channel, ctx.s.events.transport
+    # The position of the transport in use (SF_EVENTS_TRANSPORT): Pub/Sub keeps its own key.
+    stored = probes.read_position(ctx.redis(), channel, transport)["replay_id"]
     heartbeat = probes.read_heartbeat(ctx.redis(), channel)
-    return replay_verdict(stored, heartbeat, server_now(ctx.redis()), channel)
+    key = keys.pubsub_replay_key(channel) if transport == "pubsub" else None
+    return replay_verdict(stored, heartbeat, server_now(ctx.redis()), channel, key)
 
 
 def replay_verdict(
-    stored: int | None, heartbeat: Mapping[str, str], now: float, channel: str
+    stored: int | None,
+    heartbeat: Mapping[str, str],
+    now: float,
+    channel: str,
+    key: str | None = None,
 ) -> Verdict:
-    """Is sf:pe:replay:<channel> keeping up with what the subscriber receives?"""
+    """Is the stored replay position (sf:pe:replay:<channel> for CometD) keeping up with what the
+    subscriber receives?"""
     received = probes.as_int(heartbeat.get("last_replay_id"))
     last_event = probes.as_float(heartbeat.get("last_event_at"))
     fallback_at = probes.as_float(heartbeat.get("last_fallback_at"))
-    key = f"sf:pe:replay:{channel}"
+    key = key or f"sf:pe:replay:{channel}"
     if fallback_at is not None and now - fallback_at < RETENTION_SECONDS:
         return failed(
             f"{_ago(now - fallback_at)} the stored replay id was outside Salesforce's 72 h "

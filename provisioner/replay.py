@@ -4,6 +4,10 @@ The subscriber reads `sf:pe:replay:<channel>` whenever it subscribes (at start a
 reconnect), so a change takes effect at its next subscription; restart it to apply one now.
 `set -2` then a restart backfills every retained event (72 h) without touching SF_EVENTS_REPLAY;
 the EventUuid dedupe and the worker's guard make that safe.
+
+With SF_EVENTS_TRANSPORT=pubsub (or `--transport pubsub`) the same commands act on the Pub/Sub
+position `sf:pe:pubsub:replay:<channel>` instead: an opaque id shown and set as hex (`reset`
+then starts from the tip; SF_EVENTS_REPLAY=ALL backfills). The two keys never mix.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import datetime
 from shared.connections import redis_client
 from shared.servertime import server_now
 from shared.startup import start
-from subscriber import heartbeat
+from subscriber import heartbeat, pubsub_replay
+from subscriber.pubsub_replay import PubSubReplayStore
 from subscriber.replay import EARLIEST, TIP, ReplayStore
 
 GAPS_SHOWN = 10
@@ -24,39 +29,102 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("show", help="the stored replay id, the subscriber's heartbeat and gaps")
     setter = actions.add_parser(
-        "set", help="store a replay id: N (resume after N), -1 (tip) or -2 (every retained event)"
+        "set",
+        help="store a replay id: N (resume after N), -1 (tip) or -2 (every retained event); "
+        "for pubsub, the id in hex as `show` prints it",
     )
-    setter.add_argument("replay_id", type=int)
+    setter.add_argument("replay_id")
     actions.add_parser("reset", help="forget the stored id (LATEST then starts from the tip)")
     parser.add_argument(
         "--channel", help="platform event channel (default: SF_PROVISION_EVENT_CHANNEL)"
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("cometd", "pubsub"),
+        help="whose position (default: SF_EVENTS_TRANSPORT)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = start("provisioner", needs=(), log=False)
     channel = args.channel or settings.events.channel
+    transport = args.transport or settings.events.transport
     connection = redis_client(settings.redis)
     try:
+        if transport == "pubsub":
+            return run_pubsub(args, PubSubReplayStore(connection, channel), settings.events.replay)
         store = ReplayStore(connection, channel)
         if args.action == "show":
             print(show(store, settings.events.replay, server_now(connection)))
             return 0
         if args.action == "set":
-            if args.replay_id < EARLIEST:
+            replay_id = _as_int(args.replay_id)
+            if replay_id is None or replay_id < EARLIEST:
                 print("replay id must be -2, -1 or a replay id Salesforce gave out")
                 return 2
             before = store.get()
-            store.set(args.replay_id)
-            print(f"{store.key}: {_position(before)} -> {_position(args.replay_id)}")
+            store.set(replay_id)
+            print(f"{store.key}: {_position(before)} -> {_position(replay_id)}")
         else:
             before = store.get()
             store.reset()
             print(f"{store.key}: {_position(before)} -> none")
-        print("Takes effect at the subscriber's next subscription: restart it to apply now.")
+        print(APPLY)
         return 0
     finally:
         connection.close()
+
+
+APPLY = "Takes effect at the subscriber's next subscription: restart it to apply now."
+
+
+def run_pubsub(args: argparse.Namespace, store: PubSubReplayStore, mode: str) -> int:
+    if args.action == "show":
+        print(show_pubsub(store, mode, server_now(store.redis)))
+        return 0
+    before = store.get()
+    if args.action == "set":
+        replay_id = pubsub_replay.parse(args.replay_id)
+        if replay_id is None:
+            print("a Pub/Sub replay id is the hex `provisioner replay show` prints")
+            return 2
+        store.set(replay_id)
+        print(f"{store.key}: {_hex(before)} -> {_hex(replay_id)}")
+    else:
+        store.reset()
+        print(f"{store.key}: {_hex(before)} -> none")
+    print(APPLY)
+    return 0
+
+
+def show_pubsub(store: PubSubReplayStore, mode: str, now: float) -> str:
+    stored = store.get()
+    cometd = ReplayStore(store.redis, store.channel)
+    cometd_lines = show(cometd, mode, now).splitlines()
+    start = pubsub_replay.start_position(mode, stored, first_subscription=True)
+    then = pubsub_replay.start_position(mode, stored, first_subscription=False)
+    lines = [
+        cometd_lines[0],
+        "transport:        pubsub (Pub/Sub API)",
+        f"stored replay id: {_hex(stored)}  ({store.key})",
+        f"next start:       {start.describe()} at process start, then {then.describe()}",
+        *cometd_lines[4:],  # the subscriber, its counters and the gaps
+    ]
+    return "\n".join(lines)
+
+
+def _hex(value: bytes | None) -> str:
+    if value is None:
+        return "none"
+    number = pubsub_replay.as_int(value)
+    return value.hex() + (f" ({number})" if number is not None else "")
+
+
+def _as_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def show(store: ReplayStore, mode: str, now: float) -> str:
@@ -65,6 +133,7 @@ def show(store: ReplayStore, mode: str, now: float) -> str:
     gaps = heartbeat.gaps(store.redis, store.channel)
     lines = [
         f"channel:          {store.channel}",
+        "transport:        cometd (Streaming API)",
         f"stored replay id: {_position(stored)}  ({store.key})",
         f"next start:       {_next_start(mode, stored)}",
         f"subscriber:       {_summary(beat, now)}",

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whmcs-port", type=int, default=0, help="WHMCS HTTPS port (0: free)")
     parser.add_argument("--admin-port", type=int, default=0, help="admin HTTP port (0: free)")
     parser.add_argument(
+        "--pubsub-port", type=int, default=0, help="Pub/Sub API gRPC (TLS) port (0: free)"
+    )
+    parser.add_argument(
         "--cometd-timeout",
         type=float,
         default=110.0,
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         sf_port=args.sf_port,
         whmcs_port=args.whmcs_port,
         admin_port=args.admin_port,
+        pubsub_port=args.pubsub_port,
         cometd_timeout=args.cometd_timeout,
         reconnect_timeout=args.reconnect_timeout,
         public_host=args.public_host,

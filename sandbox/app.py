@@ -50,6 +50,7 @@ class Sandbox:
         sf_port: int = 0,
         whmcs_port: int = 0,
         admin_port: int = 0,
+        pubsub_port: int = 0,
         cometd_timeout: float = 110.0,
         reconnect_timeout: float = 40.0,
         public_host: str | None = None,
@@ -76,6 +77,7 @@ class Sandbox:
         )
         sandbox = cls(state_dir, material, faults, salesforce, whmcs, [], {}, "")
         sandbox._serve(host, (sf_port, whmcs_port, admin_port), public_host)
+        sandbox._serve_pubsub(host, pubsub_port, public_host)
         return sandbox
 
     def _serve(self, host: str, ports: tuple[int, int, int], public_host: str | None) -> None:
@@ -100,6 +102,21 @@ class Sandbox:
         }
         self.servers = [sf_server.start(), whmcs_server.start(), admin_server.start()]
 
+    def _serve_pubsub(self, host: str, port: int, public_host: str | None) -> None:
+        """The Pub/Sub API over gRPC, with the same certificate (and CA) as the HTTPS servers.
+
+        grpc reads its trusted roots from GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, as requests reads
+        REQUESTS_CA_BUNDLE: the subscriber trusts the sandbox the way it would a company CA."""
+        port = self.salesforce.pubsub.start(
+            host,
+            port,
+            self.material.server_cert_path.read_bytes(),
+            self.material.server_key_path.read_bytes(),
+        )
+        name = _url("https", host, port, public_host).removeprefix("https://")
+        self.env["SF_PUBSUB_ENDPOINT"] = name
+        self.env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(self.material.ca_path)
+
     def load(self, document: dict[str, Any]) -> dict[str, Any]:
         """Load a fixture document into both emulators (what the admin `load` op does)."""
         salesforce, whmcs = fixtures.split(document)
@@ -122,6 +139,7 @@ class Sandbox:
         return [f"{name}={shlex.quote(value)}" for name, value in values.items()]
 
     def stop(self) -> None:
+        self.salesforce.pubsub.stop()
         for server in reversed(self.servers):
             server.stop()
         self.servers = []

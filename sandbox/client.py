@@ -109,6 +109,10 @@ class SandboxAdmin:
     def sf_counters(self) -> dict[str, Any]:
         return self.call("sf/counters")
 
+    def add_event_field(self, field: str) -> str:
+        """A new custom field on the platform event: a new Avro schema id for Pub/Sub."""
+        return self.call("sf/add_event_field", {"field": field})["schema_id"]
+
     # WHMCS.
 
     def whmcs_orders(self) -> dict[str, Any]:

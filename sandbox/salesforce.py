@@ -24,6 +24,7 @@ from sandbox.eventbus import EventBus
 from sandbox.faults import FaultBook
 from sandbox.fixtures import FixtureError, SalesforceLoader
 from sandbox.http import Request, Response
+from sandbox.pubsub import PubSubServer
 from sandbox.sfreplies import NOT_FOUND, SESSION_INVALID, error_list
 from sandbox.sfschema import EVENT_OBJECT, Field, sobject
 from sandbox.sfstore import Store, event_datetime
@@ -31,6 +32,7 @@ from sandbox.sftoken import TokenEndpoint, Tokens
 from shared.sfid import new_id
 
 CHANNEL = "/event/OrderProvisionRequested__e"
+PUBSUB_KEEPALIVE = 270.0
 API_KINDS = ("query", "patch", "get", "describe", "limits", "composite", "publish")
 VERSIONS = tuple(f"{v}.0" for v in range(31, 65))
 DAILY_API_LIMIT = 15_000
@@ -135,6 +137,10 @@ class SalesforceEmulator:
             timeout=cometd_timeout,
             reconnect_timeout=reconnect_timeout,
         )
+        # Keepalives come within 270 s at Salesforce; the sandbox paces them like its long-polls.
+        self.pubsub = PubSubServer(
+            self.bus, faults, self.tokens, keepalive=min(cometd_timeout, PUBSUB_KEEPALIVE)
+        )
         self._lock = threading.Lock()
         self.reset()
 
@@ -162,6 +168,7 @@ class SalesforceEmulator:
         self.oauth.logins = self.oauth.refusals = 0
         self.bus.reset()
         self.cometd.reset()
+        self.pubsub.reset()
 
     def load(self, part: dict[str, Any]) -> dict[str, str]:
         """Load a fixture document's `salesforce` part, all of it or (FixtureError) none of it;
@@ -508,6 +515,10 @@ class SalesforceEmulator:
         self.bus.set_retention_floor(CHANNEL, int(body["replay_id"]))
         return {"replay_id": int(body["replay_id"])}
 
+    def _admin_add_event_field(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A schema change of the platform event, as seen by Pub/Sub subscribers."""
+        return {"schema_id": self.pubsub.add_field(CHANNEL, str(body["field"]))}
+
     def _admin_counters(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.counters()
 
@@ -520,6 +531,7 @@ class SalesforceEmulator:
             "login_refusals": self.oauth.refusals,
             "api_calls": api_calls,
             "cometd": cometd,
+            "pubsub": self.pubsub.counters(),
             "delivered": cometd.get("delivered", 0),
             "published": len(self.bus.events(CHANNEL)),
         }

@@ -167,6 +167,27 @@ VARIABLES: tuple[Var, ...] = (
         "LATEST",
     ),
     Var(
+        "SF_EVENTS_TRANSPORT",
+        "events",
+        "cometd",
+        "cometd (Streaming API long-polling) or pubsub (Pub/Sub API over gRPC).",
+        "cometd",
+    ),
+    Var(
+        "SF_PUBSUB_ENDPOINT",
+        "events",
+        "api.pubsub.salesforce.com:7443",
+        "host:port of the Pub/Sub API (TLS); the sandbox prints its own.",
+        "api.pubsub.salesforce.com:7443",
+    ),
+    Var(
+        "SF_PUBSUB_STALL_TIMEOUT",
+        "events",
+        "330",
+        "Seconds without an event or keepalive before pubsub resubscribes (server: 270).",
+        "330",
+    ),
+    Var(
         "PORTAL_PRICEBOOK_ID",
         "orders",
         "01s5g00000PBK01AAA",
@@ -264,6 +285,9 @@ class EventSettings:
     enabled: bool
     channel: str
     replay: str  # "LATEST" or "ALL"
+    transport: str = "cometd"  # or "pubsub"
+    pubsub_endpoint: str = "api.pubsub.salesforce.com:7443"
+    pubsub_stall_timeout: float = 330.0
 
 
 @dataclass(frozen=True)
@@ -484,6 +508,9 @@ def _events(r: _Reader) -> EventSettings:
         enabled=r.parse("SF_EVENTS_ENABLED", _bool, True),
         channel=channel,
         replay=r.parse("SF_EVENTS_REPLAY", _replay, "LATEST"),
+        transport=r.parse("SF_EVENTS_TRANSPORT", _transport, "cometd"),
+        pubsub_endpoint=r.parse("SF_PUBSUB_ENDPOINT", _host_port, "api.pubsub.salesforce.com:7443"),
+        pubsub_stall_timeout=r.parse("SF_PUBSUB_STALL_TIMEOUT", _positive_float, 330.0),
     )
 
 
@@ -587,6 +614,20 @@ def _replay(value: str) -> str:
     if upper not in ("LATEST", "ALL"):
         raise ValueError("expected LATEST or ALL")
     return upper
+
+
+def _transport(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in ("cometd", "pubsub"):
+        raise ValueError("expected cometd or pubsub")
+    return lowered
+
+
+def _host_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in value:
+        raise ValueError("expected host:port")
+    return value
 
 
 def _log_level(value: str) -> str:

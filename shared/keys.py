@@ -4,6 +4,10 @@ from __future__ import annotations
 
 # Streaming (written by the subscriber, read by health, doctor and `provisioner replay`).
 REPLAY_PREFIX = "sf:pe:replay:"  # sf:pe:replay:<channel> -> last replayId safely enqueued
+# sf:pe:pubsub:replay:<channel> -> the Pub/Sub API's opaque replay id (hex) of the last event
+# safely enqueued, or of the last keepalive. Never the CometD key: switching transports must not
+# resume from the other transport's id.
+PUBSUB_REPLAY_PREFIX = "sf:pe:pubsub:replay:"
 SEEN_PREFIX = "sf:pe:seen:"  # sf:pe:seen:<EventUuid> -> job id; dedupe window
 SEEN_TTL_SECONDS = 4 * 24 * 3600  # longer than Salesforce's 72 h event retention
 LEADER_PREFIX = "sf:pe:leader:"  # sf:pe:leader:<channel> -> holder id, TTL renewed while alive
@@ -33,6 +37,10 @@ RECONCILED_PREFIX = "prov:reconciled:"  # prov:reconciled:<job id> -> when; one 
 
 def replay_key(channel: str) -> str:
     return REPLAY_PREFIX + channel
+
+
+def pubsub_replay_key(channel: str) -> str:
+    return PUBSUB_REPLAY_PREFIX + channel
 
 
 def seen_key(event_uuid: str) -> str:

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 import redis
@@ -63,6 +63,9 @@ HINTS = (
 class Token:
     access_token: str
     instance_url: str
+    # The Pub/Sub API's tenantid, from the token response's identity URL. Not part of a token's
+    # identity: "is this the token that was refused" compares the token itself.
+    org_id: str = field(default="", compare=False)
 
 
 def _secret(token: Token) -> Token:
@@ -78,6 +81,12 @@ def hint_for(error: str, description: str) -> str:
         if fragment in text:
             return hint
     return "check the connected app JWT config (consumer key, certificate, pre-authorised user)"
+
+
+def org_id_of(identity_url: str) -> str:
+    """The org id from the token response's `id`, https://<host>/id/<org id>/<user id>."""
+    parts = identity_url.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "id" else ""
 
 
 class TokenProvider:
@@ -119,7 +128,11 @@ class TokenProvider:
         data = self.redis.hgetall(keys.SF_TOKEN)
         if not data.get(b"access_token"):
             return None
-        return Token(data[b"access_token"].decode(), data[b"instance_url"].decode())
+        return Token(
+            data[b"access_token"].decode(),
+            data[b"instance_url"].decode(),
+            data.get(b"org_id", b"").decode(),
+        )
 
     def _mint_single_flight(self, stale: Token | None) -> Token:
         self._check_backoff()
@@ -169,6 +182,7 @@ class TokenProvider:
             mapping={
                 "access_token": token.access_token,
                 "instance_url": token.instance_url,
+                "org_id": token.org_id,
                 "minted_at": f"{self.clock():.3f}",
             },
         )
@@ -212,7 +226,11 @@ class TokenProvider:
             log.info(
                 "Salesforce JWT login succeeded", extra={"instance_url": body.get("instance_url")}
             )
-            return Token(str(body["access_token"]), str(body.get("instance_url", "")))
+            return Token(
+                str(body["access_token"]),
+                str(body.get("instance_url", "")),
+                org_id_of(str(body.get("id", ""))),
+            )
         if isinstance(body, dict) and "error" in body:
             error, description = str(body["error"]), str(body.get("error_description", ""))
             hint = hint_for(error, description)

@@ -5,7 +5,7 @@ Written by the active subscriber, read by the health app, metrics, `provisioner 
 state (starting | connecting | connected | backoff | standby | disabled | stopped), holder,
 updated_at, last_connect_at, last_event_at, last_replay_id, advised_timeout, replay_fallbacks,
 last_fallback_at, events_enqueued, duplicates, dead_letters (events that could not become jobs;
-the records are in `sf:pe:dead:<channel>`, see subscriber/intake.py).
+the records are in `sf:pe:dead:<channel>`, see subscriber/intake.py), transport (cometd | pubsub).
 """
 
 from __future__ import annotations
@@ -59,8 +59,12 @@ class Heartbeat:
             }
         )
 
-    def record_fallback(self, requested: int, fallback: int, error: str) -> dict[str, Any]:
-        """An invalid-replay fallback: count it and keep the record for health and doctor."""
+    def record_fallback(
+        self, requested: int | str, fallback: int | str, error: str
+    ) -> dict[str, Any]:
+        """An invalid-replay fallback: count it and keep the record for health and doctor.
+
+        CometD positions are numbers; Pub/Sub's are hex ids and preset names (EARLIEST)."""
         now = self.clock()
         record = {
             "at": _stamp(now),

@@ -145,6 +145,7 @@ class Intake:
         job_timeout: int,
         fence: tuple[str, str] | None = None,  # (leader key, our lock value)
         clock: Callable[[], float] = time.time,
+        replay_key: str | None = None,  # the Pub/Sub transport keeps its position apart
     ) -> None:
         self.redis = connection
         self.queue = queue
@@ -152,17 +153,19 @@ class Intake:
         self.job_timeout = job_timeout
         self.fence = (fence[0], fence[1].encode()) if fence else None
         self.clock = clock
-        self.replay_key = keys.replay_key(channel)
+        self.replay_key = replay_key or keys.replay_key(channel)
         self.heartbeat_key = keys.heartbeat_key(channel)
         self.dead_key = keys.dead_letters_key(channel)
         self._accept_script = connection.register_script(ACCEPT_SCRIPT)
         self._dead_script = connection.register_script(DEAD_LETTER_SCRIPT)
 
-    def accept(self, data: Any) -> Accepted:
+    def accept(self, data: Any, position: str | None = None) -> Accepted:
         """Enqueue the event's job unless it was seen before; advance the replay id either way.
 
         An event that cannot become a job is dead-lettered and the stream moves on: no event
         can stop intake. A Redis error or a lost lock raise (the event comes again).
+        `position`: what to store as the replay position instead of the event's replay id (the
+        Pub/Sub transport's opaque id, as hex).
         """
         payload = JobPayload.from_event(self.channel, data)
         event = payload.to_payload()
@@ -174,9 +177,9 @@ class Intake:
         ):
             try:
                 job_id = payload.job_id()
-                writes = self._writes(payload, job_id)
+                writes = self._writes(payload, job_id, position)
             except Exception as exc:  # whatever this event holds, the next one must get through
-                return self._dead_letter(data, payload, f"{type(exc).__name__}: {exc}")
+                return self._dead_letter(data, payload, f"{type(exc).__name__}: {exc}", position)
             accepted = self._commit(payload, job_id, writes)
             fields = {
                 "order_id": event["order_id"],
@@ -190,12 +193,12 @@ class Intake:
                 log.info("Platform Event enqueued for provisioning", extra=fields)
         return accepted
 
-    def _writes(self, payload: JobPayload, job_id: str) -> list[Any]:
+    def _writes(self, payload: JobPayload, job_id: str, position: str | None) -> list[Any]:
         """The accept script's command groups, flat; building them is where an event that
         cannot become a job fails (RQ refuses the id or cannot serialise the arguments)."""
         groups = (
             self._recorded_enqueue(payload, job_id, self._seen_key(payload, job_id)),
-            *self._replay_writes(payload.to_payload()),
+            *self._replay_writes(payload.to_payload(), position),
             [("HINCRBY", self.heartbeat_key, "events_enqueued", 1)],
             [("HINCRBY", self.heartbeat_key, "duplicates", 1)],
         )
@@ -219,10 +222,12 @@ class Intake:
             return Accepted(found.decode(errors="replace"), True, event)
         return Accepted(job_id, False, event)
 
-    def _dead_letter(self, data: Any, payload: JobPayload, reason: str) -> Accepted:
+    def _dead_letter(
+        self, data: Any, payload: JobPayload, reason: str, position: str | None = None
+    ) -> Accepted:
         record = dead_letter_record(self.channel, data, payload, reason, self.clock())
         fence_key, fence_value = self.fence or ("", b"")
-        replay_id = "" if payload.replay_id is None else str(payload.replay_id)
+        replay_id = position or ("" if payload.replay_id is None else str(payload.replay_id))
         status = self._dead_script(
             keys=[fence_key, self.dead_key, self.replay_key, self.heartbeat_key],
             args=[fence_value, json.dumps(record), keys.DEAD_LETTERS_KEEP, replay_id, record["at"]],
@@ -246,12 +251,15 @@ class Intake:
         recorder.reset()
         return commands
 
-    def _replay_writes(self, event: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    def _replay_writes(
+        self, event: dict[str, Any], position: str | None = None
+    ) -> tuple[list[Any], list[Any]]:
         """The replay id, and the heartbeat's view of it (none for an event without one)."""
-        if event["replay_id"] is None:
+        if event["replay_id"] is None and position is None:
             return [], []
-        replay_id = str(event["replay_id"])
+        replay_id = str(event["replay_id"] if event["replay_id"] is not None else position)
         heartbeat = ("HSET", self.heartbeat_key, "last_replay_id", replay_id)
-        return [("SET", self.replay_key, replay_id)], [
+        stored = position if position is not None else replay_id
+        return [("SET", self.replay_key, stored)], [
             (*heartbeat, "last_event_at", f"{self.clock():.3f}")
         ]

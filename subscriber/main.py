@@ -29,6 +29,8 @@ from subscriber.cometd import BayeuxClient
 from subscriber.heartbeat import Heartbeat
 from subscriber.intake import Intake
 from subscriber.leader import STANDBY_POLL, Keeper, Leadership, holder_name
+from subscriber.pubsub import PubSubStream
+from subscriber.pubsub_replay import PubSubReplayStore
 from subscriber.replay import ReplayStore
 from subscriber.stream import Stream
 
@@ -74,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="python -m subscriber",
         description=(
-            "Subscribe to SF_PROVISION_EVENT_CHANNEL over CometD and enqueue one RQ job per "
+            "Subscribe to SF_PROVISION_EVENT_CHANNEL over CometD or the Pub/Sub API "
+            "(SF_EVENTS_TRANSPORT) and enqueue one RQ job per "
             "platform event on PROVISION_QUEUE. One replica is active per channel (leader lock "
             "in Redis); others stand by. Configured by environment variables only: REDIS_URL, "
             "SF_LOGIN_URL, SF_CLIENT_ID, SF_USERNAME, SF_PRIVATE_KEY_PATH, SF_API_VERSION, "
@@ -154,13 +157,16 @@ def serve(
 
 
 def lead(
-    stream: Stream, leadership: Leadership, heartbeat: Heartbeat, stop: threading.Event
+    stream: Stream | PubSubStream,
+    leadership: Leadership,
+    heartbeat: Heartbeat,
+    stop: threading.Event,
 ) -> None:
     lost = threading.Event()
     keeper = Keeper(leadership, heartbeat.touch, lost)
     keeper.start()
     try:
-        heartbeat.state("starting")
+        heartbeat.state("starting", transport=transport_of(stream))
         stream.run(lost)
     finally:
         keeper.stop()
@@ -171,13 +177,19 @@ def lead(
                 leadership.release()  # the standby takes over now, not after the TTL
 
 
+def transport_of(stream: Stream | PubSubStream) -> str:
+    return "pubsub" if isinstance(stream, PubSubStream) else "cometd"
+
+
 def build_stream(
     settings: Settings,
     connection: redis.Redis,
     heartbeat: Heartbeat,
     leadership: Leadership,
     shutdown: Shutdown,
-) -> Stream:
+) -> Stream | PubSubStream:
+    if settings.events.transport == "pubsub":
+        return build_pubsub_stream(settings, connection, heartbeat, leadership, shutdown)
     sf, events = settings.salesforce, settings.events
 
     def open_client(token: Token) -> BayeuxClient:
@@ -210,6 +222,40 @@ def build_stream(
         heartbeat=heartbeat,
         stop=shutdown.stop,
         interruptible=shutdown.interruptible,
+    )
+
+
+def build_pubsub_stream(
+    settings: Settings,
+    connection: redis.Redis,
+    heartbeat: Heartbeat,
+    leadership: Leadership,
+    shutdown: Shutdown,
+) -> PubSubStream:
+    """The same intake, lock and heartbeat as CometD; only the transport and its key differ."""
+    events = settings.events
+    fence = (leadership.key, leadership.value)
+    replay_store = PubSubReplayStore(connection, events.channel, fence)
+    queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
+    intake = Intake(
+        connection,
+        queue,
+        events.channel,
+        job_timeout=settings.job_timeout,
+        fence=fence,
+        replay_key=replay_store.key,
+    )
+    return PubSubStream(
+        channel=events.channel,
+        mode=events.replay,
+        tokens=TokenProvider(settings.salesforce, connection),
+        endpoint=events.pubsub_endpoint,
+        intake=intake,
+        replay_store=replay_store,
+        heartbeat=heartbeat,
+        stop=shutdown.stop,
+        stall_timeout=events.pubsub_stall_timeout,
+        call_timeout=settings.salesforce.timeout,
     )
 
 

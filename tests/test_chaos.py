@@ -138,13 +138,18 @@ def test_the_whmcs_tag_is_read_from_the_notes():
 # --- the schedule and the table -----------------------------------------------------------------
 
 
-def test_the_schedule_is_reproducible_from_its_seed_and_covers_every_kind():
-    first, again = chaos_faults.plan(7, 60, quick=True), chaos_faults.plan(7, 60, quick=True)
+@pytest.mark.parametrize("transport", ["cometd", "pubsub"])
+def test_the_schedule_is_reproducible_from_its_seed_and_covers_every_kind(transport):
+    def plan(seed, quick=True):
+        return chaos_faults.plan(seed, 60, quick=quick, transport=transport)
+
+    first, again = plan(7), plan(7)
     assert first == again
-    assert first != chaos_faults.plan(8, 60, quick=True)
-    assert {p.kind for p in first} == set(chaos_faults.BY_KEY)
+    assert first != plan(8)
+    assert {p.kind for p in first} == {kind.key for kind in chaos_faults.kinds(transport)}
+    assert {k.target.split(".")[0] for k in chaos_faults.STREAM_KINDS[transport]} == {transport}
     assert all(0.08 * 60 <= p.at <= 0.7 * 60 for p in first)
-    full = chaos_faults.plan(7, 60, quick=False)
+    full = plan(7, quick=False)
     assert [p.kind for p in full].count("restart_redis") == 1
     assert len(full) > len(first)
 
@@ -254,11 +259,13 @@ def test_a_worker_killed_between_dequeue_and_the_lease_leaves_no_order_activatin
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_the_quick_chaos_run_passes_every_check_and_prints_its_table(tmp_path):
+@pytest.mark.parametrize("transport", ["cometd", "pubsub"])
+def test_the_quick_chaos_run_passes_every_check_and_prints_its_table(tmp_path, transport):
     run = subprocess.run(
         [
             *(sys.executable, "-m", "bench.chaos", "--quick", "--seed", "20260409"),
             *("--database-url", TEST_DATABASE_URL, "--out", str(tmp_path)),
+            *("--transport", transport),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -279,6 +286,9 @@ def test_the_quick_chaos_run_passes_every_check_and_prints_its_table(tmp_path):
         "no secret or token in any log line or Salesforce field",
     ):
         assert f"| {name} | ok |" in output
-    for kind in chaos_faults.KINDS:
+    for kind in chaos_faults.kinds(transport):
         assert f"| {kind.label} | {kind.quick} |" in output
-    assert (tmp_path / "chaos-quick-latest.md").read_text() == output.rstrip("\n") + "\n"
+    name = (
+        "chaos-quick-latest.md" if transport == "cometd" else f"chaos-quick-{transport}-latest.md"
+    )
+    assert (tmp_path / name).read_text() == output.rstrip("\n") + "\n"

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 APP_SERVICES = ("migrate", "subscriber", "worker", "health")
-# read by libraries, not by our settings: requests (CA bundle) and libpq (PGPASSWORD)
-KNOWN = {v.name for v in VARIABLES} | {"REQUESTS_CA_BUNDLE", "PGPASSWORD"}
+# read by libraries, not by our settings: requests (CA bundle), libpq (PGPASSWORD) and gRPC (roots)
+LIBRARY_VARIABLES = {"REQUESTS_CA_BUNDLE", "PGPASSWORD", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"}
+KNOWN = {v.name for v in VARIABLES} | LIBRARY_VARIABLES
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
 

@@ -134,3 +134,30 @@ def test_redis_password_is_passed_apart_and_escaped(full_env, url, username):
     assert (parsed["password"], parsed.get("username")) == (password, username)
     assert password in settings.secrets()
     assert load_settings({**full_env, "REDIS_URL": url}).redis_url == url
+
+
+def test_the_event_transport_defaults_to_cometd_and_pubsub_has_its_endpoint(full_env):
+    events = load_settings(full_env, ALL).events
+    assert (events.transport, events.pubsub_endpoint) == (
+        "cometd",
+        "api.pubsub.salesforce.com:7443",
+    )
+    assert events.pubsub_stall_timeout == 330.0
+    chosen = {"SF_EVENTS_TRANSPORT": "PubSub", "SF_PUBSUB_ENDPOINT": "localhost:7443"}
+    events = load_settings({**full_env, **chosen}, ALL).events
+    assert (events.transport, events.pubsub_endpoint) == ("pubsub", "localhost:7443")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SF_EVENTS_TRANSPORT", "grpc"),
+        ("SF_PUBSUB_ENDPOINT", "https://api.pubsub.salesforce.com"),
+        ("SF_PUBSUB_ENDPOINT", "api.pubsub.salesforce.com"),
+        ("SF_PUBSUB_STALL_TIMEOUT", "0"),
+    ],
+)
+def test_a_bad_transport_setting_is_named(full_env, name, value):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**full_env, name: value}, ALL)
+    assert name in str(caught.value)

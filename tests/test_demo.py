@@ -68,9 +68,10 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
-def test_demo_runs_the_whole_flow_and_stops_everything(redis_conn, redis_url, tmp_path):
+@pytest.mark.parametrize("transport", ["cometd", "pubsub"])
+def test_demo_runs_the_whole_flow_and_stops_everything(redis_conn, redis_url, tmp_path, transport):
     done = subprocess.run(
-        demo_command("--orders", "6"),
+        demo_command("--orders", "6", "--transport", transport),
         cwd=tmp_path,
         env=demo_env(redis_url),
         capture_output=True,
@@ -80,6 +81,7 @@ def test_demo_runs_the_whole_flow_and_stops_everything(redis_conn, redis_url, tm
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "using REDIS_URL" in out
+    assert ("Pub/Sub API" in out) is (transport == "pubsub")
     assert summary(out) == EXPECTED_SIX, out
     assert "6 orders: 3 activated, 3 failed, every one as the fixtures expect." in out
     assert re.search(r"health\s+http://127\.0\.0\.1:\d+/health", out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -307,6 +308,25 @@ def test_replay_id_not_advancing_fails_replay_progress(app_settings, healthy, re
     assert not result.ok
     assert "not advancing" in result.detail
     assert "SF_EVENTS_REPLAY=ALL" in result.fix
+
+
+def test_replay_progress_reads_the_position_of_the_transport_in_use(
+    app_settings, healthy, redis_conn
+):
+    now = time.time()
+    pubsub = dataclasses.replace(
+        app_settings, events=dataclasses.replace(app_settings.events, transport="pubsub")
+    )
+    redis_conn.set(keys.replay_key(DEFAULT_CHANNEL), "10")  # CometD's, left behind
+    redis_conn.set(keys.pubsub_replay_key(DEFAULT_CHANNEL), (25).to_bytes(8, "big").hex())
+    redis_conn.hset(
+        keys.heartbeat_key(DEFAULT_CHANNEL),
+        mapping={"last_replay_id": "25", "last_event_at": str(now - 120)},
+    )
+    result = diagnose(pubsub)["replay progress"]
+    assert result.ok, result.detail
+    assert keys.pubsub_replay_key(DEFAULT_CHANNEL) in result.detail
+    assert not diagnose(app_settings)["replay progress"].ok  # CometD's key is behind
 
 
 def test_recent_replay_fallback_fails_replay_progress(app_settings, healthy, redis_conn):

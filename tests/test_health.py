@@ -72,6 +72,22 @@ def throwaway_redis(tmp_path):
 # --- the report --------------------------------------------------------------------------------
 
 
+def test_health_reports_the_pubsub_position_when_the_subscriber_runs_pubsub(
+    redis_conn, sqlite_engine, sqlite_url
+):
+    redis_conn.set(keys.replay_key(DEFAULT_CHANNEL), "42")  # CometD's, not the one in use
+    redis_conn.set(keys.pubsub_replay_key(DEFAULT_CHANNEL), (4711).to_bytes(8, "big").hex())
+    write_heartbeat(redis_conn, time.time(), transport="pubsub")
+    status, body, _ = get_health(app_for(TEST_REDIS_URL, sqlite_url).test_client())
+    assert status == 200, body
+    assert body["integrations"]["redis"]["replay"] == {
+        "channel": DEFAULT_CHANNEL,
+        "transport": "pubsub",
+        "replay_id": 4711,
+        "replay_id_bytes": "0000000000001267",
+    }
+
+
 def test_health_reports_stores_queue_replay_and_subscriber(redis_conn, sqlite_engine, sqlite_url):
     queue = provisioning_queue(redis_conn, "provisioning", 60)
     queue.enqueue("tests.test_health.explode", job_id="evt-failing")
@@ -103,7 +119,11 @@ def test_health_reports_stores_queue_replay_and_subscriber(redis_conn, sqlite_en
         "failed": 1,
         "workers": 1,
     }
-    assert integration["replay"] == {"channel": DEFAULT_CHANNEL, "replay_id": 42}
+    assert integration["replay"] == {
+        "channel": DEFAULT_CHANNEL,
+        "transport": "cometd",
+        "replay_id": 42,
+    }
     subscriber = integration["subscriber"]
     assert subscriber["active"] is True
     assert subscriber["state"] == "connected"

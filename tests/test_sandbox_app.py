@@ -33,6 +33,8 @@ ENV_NAMES = {
     "WHMCS_API_IDENTIFIER",
     "WHMCS_API_SECRET",
     "REQUESTS_CA_BUNDLE",
+    "SF_PUBSUB_ENDPOINT",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",  # grpc's own way to trust the sandbox CA
 }
 
 
@@ -271,6 +273,8 @@ def test_provisioner_sandbox_prints_a_working_env_block(sandbox_process, monkeyp
     assert {name: sourced[name] for name in env} == env
     settings = load_settings(env, needs={"salesforce", "orders", "whmcs"})
     assert settings.salesforce.login_url == env["SF_LOGIN_URL"]
+    assert settings.events.pubsub_endpoint == env["SF_PUBSUB_ENDPOINT"]
+    assert env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] == env["REQUESTS_CA_BUNDLE"]
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", env["REQUESTS_CA_BUNDLE"])
     admin = SandboxAdmin(env["SANDBOX_ADMIN_URL"])

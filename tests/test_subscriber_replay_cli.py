@@ -18,6 +18,7 @@ def run(redis_url, redis_conn, monkeypatch, capsys):
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.delenv("SF_PROVISION_EVENT_CHANNEL", raising=False)
     monkeypatch.delenv("SF_EVENTS_REPLAY", raising=False)
+    monkeypatch.delenv("SF_EVENTS_TRANSPORT", raising=False)
 
     def run(*argv: str) -> tuple[int, str]:
         parser = argparse.ArgumentParser()
@@ -72,3 +73,31 @@ def test_show_reports_heartbeat_and_gaps(run, redis_conn):
 def test_channel_option(run, redis_conn):
     run("--channel", "/event/Other__e", "set", "5")
     assert redis_conn.get(keys.replay_key("/event/Other__e")) == b"5"
+
+
+def test_pubsub_position_is_hex_under_its_own_key(run, redis_conn):
+    run("set", "4711")  # CometD's, untouched below
+    code, out = run("--transport", "pubsub", "set", "0000000000001267")
+    assert code == 0 and "none -> 0000000000001267 (4711)" in out
+    assert redis_conn.get(keys.pubsub_replay_key(DEFAULT_CHANNEL)) == b"0000000000001267"
+    code, out = run("--transport", "pubsub", "show")
+    assert code == 0
+    assert "transport:        pubsub" in out
+    assert "stored replay id: 0000000000001267 (4711)" in out
+    assert "next start:       CUSTOM at process start" not in out  # described by its id
+    assert "0000000000001267 at process start" in out
+    code, _ = run("--transport", "pubsub", "reset")
+    assert code == 0 and redis_conn.get(keys.pubsub_replay_key(DEFAULT_CHANNEL)) is None
+    assert stored(redis_conn) == b"4711"
+
+
+def test_pubsub_set_refuses_what_is_not_hex(run, redis_conn):
+    code, out = run("--transport", "pubsub", "set", "-2")
+    assert code == 2 and "hex" in out
+    assert redis_conn.get(keys.pubsub_replay_key(DEFAULT_CHANNEL)) is None
+
+
+def test_the_transport_comes_from_the_settings(run, redis_conn, monkeypatch):
+    monkeypatch.setenv("SF_EVENTS_TRANSPORT", "pubsub")
+    code, out = run("show")
+    assert code == 0 and "transport:        pubsub" in out
