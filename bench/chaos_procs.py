@@ -204,6 +204,15 @@ class RedisServer:
         time.sleep(down_for)
         self.start()
 
+    def crash(self, down_for: float) -> None:
+        """kill -9 (a host or container crash): nothing is flushed, so the writes of up to the
+        last second (appendfsync everysec) are lost; then start on the same data dir."""
+        if self.proc is not None and self.proc.poll() is None:
+            signal_group(self.proc.pid, signal.SIGKILL)  # an AOF rewrite child dies with it
+            self.proc.wait(timeout=30)
+        time.sleep(down_for)
+        self.start()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
