@@ -234,15 +234,18 @@ def one_accepted_whmcs_order(world: World) -> Check:
     )
 
 
-def failed_orders_have_at_most_their_own(world: World) -> Check:
-    """Failed before whmcs_create: no WHMCS order. Failed later: at most one."""
+def failed_orders_have_at_most_their_own(world: World, retried: Iterable[str] = ()) -> Check:
+    """Failed before whmcs_create: no WHMCS order. Failed later: at most one. A Retried
+    Activated order had its WHMCS order before the Retry: a failure of the Retry's job in any
+    step leaves it that one (retried_activated_kept checks it is the one it records)."""
     bad = []
+    kept = set(retried)
     for order_id in world.approved:
         if world.status(order_id) != FAILED:
             continue
         made = len(world.whmcs_of(order_id))
         step = last_failed_step(world.attempts, order_id)
-        if step in PRE_CREATE_STEPS and made:
+        if step in PRE_CREATE_STEPS and made and order_id not in kept:
             bad.append(f"{order_id} failed in {step or 'start'} yet has {made} WHMCS orders")
         elif made > 1:
             bad.append(f"{order_id} failed in {step} and has {made} WHMCS orders")
@@ -332,7 +335,7 @@ def after_faults(world: World, facts: Facts) -> list[Check]:
         settled(world),
         one_accepted_whmcs_order(world),
         services_match_quantities(world, facts.expected),
-        failed_orders_have_at_most_their_own(world),
+        failed_orders_have_at_most_their_own(world, facts.kept),
         no_orphan_whmcs_orders(world),
         events_enqueued(world, facts.redis_crashed),
         unpublished_reconciled(world, facts.unpublished),

@@ -101,6 +101,20 @@ def test_a_failed_order_has_a_whmcs_order_only_if_it_got_to_whmcs_create(step, w
     assert chaos_check.failed_orders_have_at_most_their_own(state).ok is ok
 
 
+def test_a_retried_activated_order_whose_retry_job_died_keeps_its_one_whmcs_order():
+    """Seen in a pubsub quick run: a Retry on an Activated order, its job's worker killed, the
+    order reaped Failed WORKER_LOST before any step: its WHMCS order predates the Retry."""
+    state = world(
+        {A: order(FAILED, "WORKER_LOST")},
+        [WhmcsOrder(1, "Active", A)],
+        attempts=[attempt(1, A, "failed", "")],
+    )
+    assert not chaos_check.failed_orders_have_at_most_their_own(state).ok
+    assert chaos_check.failed_orders_have_at_most_their_own(state, retried=[A]).ok
+    two = world(state.orders, [WhmcsOrder(1, "Active", A), WhmcsOrder(2, "Pending", A)])
+    assert not chaos_check.failed_orders_have_at_most_their_own(two, retried=[A]).ok
+
+
 def test_the_last_failed_attempt_names_the_step():
     attempts = [attempt(1, A, "failed", "whmcs_create"), attempt(2, A, "failed", "mapping")]
     assert chaos_check.last_failed_step(attempts, A) == "mapping"
