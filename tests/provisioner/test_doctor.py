@@ -162,6 +162,14 @@ def test_refused_subscription_fails_the_event_channel(app_settings, healthy, san
     assert "No events received" in channel.fix
 
 
+def test_cometd_answering_http_errors_fails_the_event_channel(app_settings, healthy, sandbox_admin):
+    sandbox_admin.add_fault("cometd.subscribe", "status", status=503)
+    channel = diagnose(app_settings)["event channel subscribable"]
+    assert not channel.ok
+    assert "CometD endpoint failed" in channel.detail and "HTTP 503" in channel.detail
+    assert "No events received" in channel.fix
+
+
 def test_events_disabled_fails_with_the_runbook_fix(app_env, healthy):
     from shared.config import load_settings
 
