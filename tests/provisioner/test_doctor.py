@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +18,8 @@ from rq import SimpleWorker
 from provisioner.doctor import checks, order_checks
 from provisioner.doctor.checklist import Context, Verdict, run_checks
 from sandbox.fixtures import standard_document
-from shared import keys, outbox
-from shared.config import DEFAULT_CHANNEL
+from shared import keys, outbox, whmcs
+from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.queueing import JOB_PATH, provisioning_queue
 from subscriber import intake
 from subscriber.heartbeat import Heartbeat
@@ -171,8 +173,6 @@ def test_cometd_answering_http_errors_fails_the_event_channel(app_settings, heal
 
 
 def test_events_disabled_fails_with_the_runbook_fix(app_env, healthy):
-    from shared.config import load_settings
-
     env = {**app_env, "SF_EVENTS_ENABLED": "false"}
     settings = load_settings(env, needs={"salesforce", "events", "orders", "whmcs"})
     result = diagnose(settings)["events enabled"]
@@ -186,8 +186,6 @@ def test_events_disabled_fails_with_the_runbook_fix(app_env, healthy):
 def test_wrong_whmcs_secret_fails_credentials_and_sends_nothing_more(
     app_env, healthy, sandbox_admin
 ):
-    from shared.config import load_settings
-
     env = {**app_env, "WHMCS_API_SECRET": "not-the-secret"}
     settings = load_settings(env, needs={"salesforce", "events", "orders", "whmcs"})
     results = diagnose(settings)
@@ -216,11 +214,6 @@ def test_role_without_accept_order_fails_the_role_check(app_settings, healthy, s
 
 
 def test_role_probes_cover_every_action_the_client_sends():
-    import inspect
-    import re
-
-    from shared import whmcs
-
     sent = set(re.findall(r'self\.call\(\s*"(\w+)"', inspect.getsource(whmcs.WhmcsClient)))
     assert sent == set(checks.ROLE_PROBES)
 
@@ -449,8 +442,6 @@ def test_order_never_fulfilled_and_bad_ids(app_settings, healthy):
 
 
 def test_unreachable_redis_and_database_fail(app_env, world):
-    from shared.config import load_settings
-
     env = {
         **app_env,
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
