@@ -16,8 +16,8 @@ from sandbox import fixtures, tls
 from sandbox.admin import AdminApp
 from sandbox.faults import FaultBook
 from sandbox.http import Server
-from sandbox.salesforce import SalesforceEmulator
-from sandbox.whmcs import WhmcsEmulator
+from sandbox.salesforce.emulator import SalesforceEmulator
+from sandbox.whmcs.emulator import WhmcsEmulator
 
 CLIENT_ID = "sandbox-consumer-key"
 USERNAME = "integration@sandbox.example"

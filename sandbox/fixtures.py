@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sandbox.sfschema import OBJECTS
-from sandbox.sfstore import Store, normalise_id
+from sandbox.salesforce.schema import OBJECTS
+from sandbox.salesforce.store import Store, normalise_id
 
 SALESFORCE_KEYS = frozenset({"pricebook", "pricebooks", "accounts", "products", "orders"})
 # Keys a fixture record may carry besides its object's fields.

@@ -12,7 +12,7 @@ from typing import Any
 from sandbox.faults import FaultBook
 from sandbox.http import Server
 from sandbox.tls import Material
-from sandbox.whmcs import API_PATH, WhmcsEmulator
+from sandbox.whmcs.emulator import API_PATH, WhmcsEmulator
 
 IDENTIFIER = "D4j1dKYE3g40VROOPCGyJ9zRwPz4"
 SECRET = "F1CKGXRIpylMfsrig3mwwdSdYUdLiFlo"

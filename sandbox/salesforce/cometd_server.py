@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from sandbox.eventbus import EventBus
 from sandbox.faults import Fault, FaultBook
 from sandbox.http import Drop, Hang, Request, Response
+from sandbox.salesforce.eventbus import EventBus
 
 MIN_VERSION = 37.0
 MAX_BODY = 32_768

@@ -5,14 +5,14 @@ becomes queryable, describable and (if updateable) writable at once.
 
 Two sources, kept apart: the standard fields every org has are written here; every custom field
 (`__c`) and the platform event's fields come from the Salesforce DX source in salesforce/, the
-files the admin deploys (sandbox/sfmetadata.py). A custom field changes there, never here.
+files the admin deploys (metadata.py). A custom field changes there, never here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sandbox import sfmetadata
+from sandbox.salesforce import metadata
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,12 @@ DESCRIBE_TYPES = {
 PICKLIST_LENGTH = 255  # describe's length of every picklist
 
 
-def from_metadata(custom: sfmetadata.CustomField) -> Field:
+def from_metadata(custom: metadata.CustomField) -> Field:
     """The emulator's field for a custom field of the DX source."""
     try:
         kind = DESCRIBE_TYPES[custom.type]
     except KeyError:
-        raise sfmetadata.MetadataError(
+        raise metadata.MetadataError(
             f"{custom.sobject}.{custom.name}: the emulator has no describe type for {custom.type}"
         ) from None
     return Field(
@@ -116,7 +116,7 @@ def from_metadata(custom: sfmetadata.CustomField) -> Field:
 
 
 def _custom(sobject: str) -> tuple[Field, ...]:
-    return tuple(from_metadata(f) for f in sfmetadata.custom_fields().get(sobject, ()))
+    return tuple(from_metadata(f) for f in metadata.custom_fields().get(sobject, ()))
 
 
 # Standard fields only, as every org has them; `_custom(...)` splices in each object's custom
@@ -222,9 +222,9 @@ EVENT_OBJECT = SObject(
     ),
 )
 # Objects of the DX source the emulator does not model: a custom field there would be ignored.
-UNMODELLED = set(sfmetadata.custom_fields()) - {*OBJECTS, EVENT_NAME}
+UNMODELLED = set(metadata.custom_fields()) - {*OBJECTS, EVENT_NAME}
 if UNMODELLED:
-    raise sfmetadata.MetadataError(f"the emulator does not model {sorted(UNMODELLED)}")
+    raise metadata.MetadataError(f"the emulator does not model {sorted(UNMODELLED)}")
 
 
 def sobject(name: str) -> SObject | None:

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from sandbox import sfcomposite, sfreplies, sfrules, soql
-from sandbox.cometd import CometdServer, bearer_token
-from sandbox.eventbus import EventBus
 from sandbox.faults import FaultBook
 from sandbox.fixtures import FixtureError, SalesforceLoader
 from sandbox.http import Request, Response
-from sandbox.pubsub import PubSubServer
-from sandbox.sfreplies import NOT_FOUND, SESSION_INVALID, error_list
-from sandbox.sfschema import EVENT_OBJECT, Field, sobject
-from sandbox.sfstore import Store, event_datetime
-from sandbox.sftoken import TokenEndpoint, Tokens
+from sandbox.salesforce import composite, replies, rules, soql
+from sandbox.salesforce.cometd_server import CometdServer, bearer_token
+from sandbox.salesforce.eventbus import EventBus
+from sandbox.salesforce.oauth import TokenEndpoint, Tokens
+from sandbox.salesforce.pubsub_server import PubSubServer
+from sandbox.salesforce.replies import NOT_FOUND, SESSION_INVALID, error_list
+from sandbox.salesforce.schema import EVENT_OBJECT, Field, sobject
+from sandbox.salesforce.store import Store, event_datetime
 from shared.sfid import new_id
 
 CHANNEL = "/event/OrderProvisionRequested__e"
@@ -90,14 +90,14 @@ class Call:
     def body(self) -> Any:
         """The JSON body, or a Problem as Salesforce words an unreadable one."""
         if not self.request.body:
-            return sfrules.Problem(
+            return rules.Problem(
                 "JSON_PARSER_ERROR",
                 "The HTTP entity body is required, but this request has no entity body.",
             )
         try:
             return json.loads(self.request.body)
         except ValueError:
-            return sfrules.Problem(
+            return rules.Problem(
                 "JSON_PARSER_ERROR", "Unexpected character: the body is not valid JSON"
             )
 
@@ -203,7 +203,7 @@ class SalesforceEmulator:
         self._delay("sf.token")
         fault = self.faults.take("sf.token")
         if fault is not None:
-            return sfreplies.fault_reply(fault, sfreplies.token_status)
+            return replies.fault_reply(fault, replies.token_status)
         return self.oauth.handle(request, self.base_url)
 
     def _rest(self, request: Request, version: str, path: str) -> Response:
@@ -212,7 +212,7 @@ class SalesforceEmulator:
         self._delay(target)
         fault = self.faults.take(target) or (self.faults.take("sf.rest") if route else None)
         if fault is not None:
-            response = sfreplies.fault_reply(fault, sfreplies.rest_status)
+            response = replies.fault_reply(fault, replies.rest_status)
         elif not self.tokens.is_valid(bearer_token(request)):
             response = error_list(401, *SESSION_INVALID)
             response.headers.append(("WWW-Authenticate", "Token"))
@@ -328,11 +328,11 @@ class SalesforceEmulator:
         if found is None or record is None:
             return error_list(404, *NOT_FOUND)
         body = call.body()
-        if isinstance(body, sfrules.Problem):
-            return sfreplies.problems(400, [body])
-        values, problems = sfrules.check_write(found, body, lambda f: self.may_edit(f, found.name))
+        if isinstance(body, rules.Problem):
+            return replies.problems(400, [body])
+        values, problems = rules.check_write(found, body, lambda f: self.may_edit(f, found.name))
         if problems:
-            return sfreplies.problems(400, problems)
+            return replies.problems(400, problems)
         self.store.update(found.name, record["Id"], values)
         with self._lock:
             self.patches.append(
@@ -345,7 +345,7 @@ class SalesforceEmulator:
         found = EVENT_OBJECT if name.lower() == EVENT_OBJECT.name.lower() else sobject(name)
         if found is None:
             return error_list(404, "NOT_FOUND", f"The requested resource does not exist: {name}")
-        described = sfrules.describe(found, lambda f: self.may_edit(f, found.name), call.version)
+        described = rules.describe(found, lambda f: self.may_edit(f, found.name), call.version)
         return Response.json(described)
 
     def _limits(self, call: Call) -> Response:
@@ -367,11 +367,11 @@ class SalesforceEmulator:
 
     def _publish(self, call: Call) -> Response:
         body = call.body()
-        if isinstance(body, sfrules.Problem):
-            return sfreplies.problems(400, [body])
-        values, problems = sfrules.check_write(EVENT_OBJECT, body, lambda f: f.updateable)
+        if isinstance(body, rules.Problem):
+            return replies.problems(400, [body])
+        values, problems = rules.check_write(EVENT_OBJECT, body, lambda f: f.updateable)
         if problems:
-            return sfreplies.problems(400, problems)
+            return replies.problems(400, problems)
         self.publish_event(values)
         event_id = new_id("OrderProvisionRequested__e")
         return Response.json({"id": event_id, "success": True, "errors": []}, 201)
@@ -383,7 +383,7 @@ class SalesforceEmulator:
     # --- composite ----------------------------------------------------------------------------
 
     def _composite(self, call: Call) -> Response:
-        return sfcomposite.run(
+        return composite.run(
             call.body(),
             lambda method, url, body: self._dispatch(call.request, method, url, body),
             self.store.snapshot,

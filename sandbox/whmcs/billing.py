@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.phpform import PhpArray, as_list, truthy
+from sandbox.whmcs.phpform import PhpArray, as_list, truthy
 
 CYCLES = ("monthly", "quarterly", "semiannually", "annually", "biennially", "triennially")
 STORED_CYCLE = {

@@ -2,8 +2,8 @@
 
 What it reproduces, because our client must survive each of them:
 
-- PHP form semantics (`sandbox.phpform`): `pid[0]=` is an array, a repeated `pid=` keeps only the
-  last value, a JSON body is never read (the call then has no credentials: 403).
+- PHP form semantics (phpform.py): `pid[0]=` is an array, a repeated `pid=` keeps only the last
+  value, a JSON body is never read (the call then has no credentials: 403).
 - Auth in WHMCS's order: banned IP, access key or IP allow-list, credentials (identifier/secret,
   the same via username/password, a legacy admin login with an md5 password), then the action:
   empty (400), unknown (403), not in the API role (403). Three failed logins from one IP ban it
@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import whmcs_wire as wire
 from sandbox.faults import Fault, FaultBook
 from sandbox.http import Drop, Hang, Request, Response
-from sandbox.phpform import PhpArray, parse, parse_multipart
-from sandbox.whmcs_billing import ActionError, Billing
+from sandbox.whmcs import wire
+from sandbox.whmcs.billing import ActionError, Billing
+from sandbox.whmcs.phpform import PhpArray, parse, parse_multipart
 
 API_PATH = "/includes/api.php"
 # normalised action -> (canonical name, Billing method)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox.sfschema import OBJECTS
+from sandbox.salesforce.schema import OBJECTS
 from shared.sfid import is_valid_id, new_id, to18
 
 ORDER_NUMBER_START = 100

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.sfschema import Field, SObject
+from sandbox.salesforce.schema import Field, SObject
 from shared.sfid import KEY_PREFIXES, is_valid_id, to18
 
 TEXT_TYPES = ("string", "textarea", "picklist")

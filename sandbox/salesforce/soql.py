@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sandbox.sfschema import Field, SObject, sobject
+from sandbox.salesforce.schema import Field, SObject, sobject
 from shared.sfid import is_valid_id, to18
 
 
