@@ -19,16 +19,17 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from sandbox.faults import FaultBook
-from sandbox.fixtures import FixtureError, SalesforceLoader
+from sandbox.fixtures import FixtureError
 from sandbox.http import Request, Response
 from sandbox.salesforce import composite, replies, rules, soql
 from sandbox.salesforce.cometd_server import CometdServer, bearer_token
 from sandbox.salesforce.eventbus import EventBus
+from sandbox.salesforce.loader import SalesforceLoader
 from sandbox.salesforce.oauth import TokenEndpoint, Tokens
 from sandbox.salesforce.pubsub_server import PubSubServer
 from sandbox.salesforce.replies import NOT_FOUND, SESSION_INVALID, error_list
 from sandbox.salesforce.schema import EVENT_OBJECT, Field, sobject
-from sandbox.salesforce.store import Store, event_datetime
+from sandbox.salesforce.store import Store, sf_datetime
 from shared.sfid import new_id
 
 CHANNEL = "/event/OrderProvisionRequested__e"
@@ -318,7 +319,7 @@ class SalesforceEmulator:
             missing = wanted[fields.index(None)]
             message = f"No such column '{missing}' on sobject of type {found.name}"
             return error_list(400, "INVALID_FIELD", message)
-        out = {"attributes": self._attributes(found.name, record["Id"], call.version)}
+        out = {"attributes": soql.attributes(found.name, record["Id"], call.version)}
         out.update({f.name: record[f.name] for f in fields if f is not None})
         return Response.json(out)
 
@@ -376,10 +377,6 @@ class SalesforceEmulator:
         event_id = new_id("OrderProvisionRequested__e")
         return Response.json({"id": event_id, "success": True, "errors": []}, 201)
 
-    def _attributes(self, sobject_name: str, record_id: str, version: str) -> dict[str, str]:
-        url = f"/services/data/v{version}/sobjects/{sobject_name}/{record_id}"
-        return {"type": sobject_name, "url": url}
-
     # --- composite ----------------------------------------------------------------------------
 
     def _composite(self, call: Call) -> Response:
@@ -410,7 +407,7 @@ class SalesforceEmulator:
         self, payload: dict[str, Any], event_uuid: str | None = None
     ) -> dict[str, Any]:
         body = {
-            "CreatedDate": event_datetime(self.clock()),
+            "CreatedDate": sf_datetime(self.clock(), "Z"),
             "CreatedById": self.user_id,
             **payload,
         }

@@ -91,6 +91,8 @@ DESCRIBE_TYPES = {
     "DateTime": "datetime",
 }
 PICKLIST_LENGTH = 255  # describe's length of every picklist
+TEXT_TYPES = ("string", "textarea", "picklist")
+NUMBER_TYPES = ("double", "currency", "int")
 
 
 def from_metadata(custom: metadata.CustomField) -> Field:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sandbox.salesforce.schema import Field, SObject, sobject
+from sandbox.salesforce.schema import NUMBER_TYPES, TEXT_TYPES, Field, SObject, sobject
 from shared.sfid import is_valid_id, to18
 
 
@@ -413,9 +413,9 @@ def comparable(field: Field, value: Any) -> Any:
     """Text compares case-insensitively in SOQL; ids and numbers exactly."""
     if value is None:
         return None
-    if field.type in ("string", "picklist", "textarea"):
+    if field.type in TEXT_TYPES:
         return str(value).casefold()
-    if field.type in ("double", "currency", "int"):
+    if field.type in NUMBER_TYPES:
         return float(value)
     if field.type == "datetime" and isinstance(value, str):
         return parse_datetime(value)
@@ -441,15 +441,17 @@ def _matches(op: str, actual: Any, wanted: list[Any]) -> bool:
 # --- evaluation -----------------------------------------------------------------------------
 
 
+def attributes(sobject_name: str, record_id: str, version: str) -> dict[str, str]:
+    """The `attributes` of a record in a REST reply."""
+    url = f"/services/data/v{version}/sobjects/{sobject_name}/{record_id}"
+    return {"type": sobject_name, "url": url}
+
+
 class _Run:
     def __init__(self, text: str, source: Source, version: str) -> None:
         self.text = text
         self.source = source
         self.version = version
-
-    def attributes(self, sobject_name: str, record_id: str) -> dict[str, str]:
-        url = f"/services/data/v{self.version}/sobjects/{sobject_name}/{record_id}"
-        return {"type": sobject_name, "url": url}
 
     def follow(self, record: dict[str, Any] | None, resolved: Resolved) -> Any:
         for _, target, ref in resolved.hops:
@@ -493,7 +495,7 @@ class _Run:
         return chosen if query.limit is None else chosen[: query.limit]
 
     def shape(self, root: SObject, query: Query, record: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"attributes": self.attributes(root.name, record["Id"])}
+        out: dict[str, Any] = {"attributes": attributes(root.name, record["Id"], self.version)}
         for item in query.items:
             if isinstance(item, Query):
                 name, value = self.subquery(root, item, record)
@@ -512,7 +514,7 @@ class _Run:
                 node.setdefault(relationship, None)
                 return
             if node.get(relationship) is None:
-                node[relationship] = {"attributes": self.attributes(target, record["Id"])}
+                node[relationship] = {"attributes": attributes(target, record["Id"], self.version)}
             node = node[relationship]
         node[resolved.field.name] = record.get(resolved.field.name) if record else None
 

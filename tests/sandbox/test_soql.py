@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.fixtures import SalesforceLoader
 from sandbox.salesforce import soql
+from sandbox.salesforce.loader import SalesforceLoader
 from sandbox.salesforce.store import Store
 from shared.sfid import new_id
 
