@@ -119,8 +119,6 @@ class CometdServer:
         timeout: float = 110.0,
         reconnect_timeout: float = 40.0,
         max_batch: int = 100,
-        require_cookie: bool = True,
-        secure_cookie: bool = True,
     ) -> None:
         self.bus = bus
         self.faults = faults
@@ -128,8 +126,6 @@ class CometdServer:
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         self.max_batch = max_batch
-        self.require_cookie = require_cookie
-        self.secure_cookie = secure_cookie
         self._lock = threading.Lock()
         self.reset()
 
@@ -249,7 +245,7 @@ class CometdServer:
                 client.last_seen = time.monotonic()
         if client is None:
             return None, UNKNOWN_CLIENT
-        if self.require_cookie and BROWSER_COOKIE not in ex.request.cookies:
+        if BROWSER_COOKIE not in ex.request.cookies:
             return None, NO_COOKIE.format(client.id)
         if ex.token is None:
             return None, AUTH_REQUIRED
@@ -344,8 +340,7 @@ class CometdServer:
         if existing:
             return existing
         browser = _new_id(24)
-        secure = "; Secure" if self.secure_cookie else ""
-        ex.headers.append(("Set-Cookie", f"{BROWSER_COOKIE}={browser}; Path=/; HttpOnly{secure}"))
+        ex.headers.append(("Set-Cookie", f"{BROWSER_COOKIE}={browser}; Path=/; HttpOnly; Secure"))
         return browser
 
     def _connect(

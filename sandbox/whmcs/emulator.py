@@ -40,19 +40,12 @@ from sandbox.whmcs.billing import ActionError, Billing
 from sandbox.whmcs.phpform import PhpArray, parse, parse_multipart
 
 API_PATH = "/includes/api.php"
-# normalised action -> (canonical name, Billing method)
+READS = ("GetPayMethods", "GetPaymentMethods", "GetClientsDetails", "GetProducts", "GetOrders")
+WRITES = ("AddOrder", "AcceptOrder", "CancelOrder", "PendingOrder", "DeleteOrder")
+# normalised action -> (canonical name, Billing method): addorder -> ("AddOrder", "add_order")
 ACTIONS = {
-    "getpaymethods": ("GetPayMethods", "get_pay_methods"),
-    "getpaymentmethods": ("GetPaymentMethods", "get_payment_methods"),
-    "getclientsdetails": ("GetClientsDetails", "get_clients_details"),
-    "getproducts": ("GetProducts", "get_products"),
-    "addorder": ("AddOrder", "add_order"),
-    "acceptorder": ("AcceptOrder", "accept_order"),
-    "getorders": ("GetOrders", "get_orders"),
-    "cancelorder": ("CancelOrder", "cancel_order"),
-    "pendingorder": ("PendingOrder", "pending_order"),
-    "deleteorder": ("DeleteOrder", "delete_order"),
-    "getorderstatuses": ("GetOrderStatuses", "get_order_statuses"),
+    name.lower(): (name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower())
+    for name in (*READS, "GetOrderStatuses", *WRITES)
 }
 ALIASES = {"getclientsdata": "getclientsdetails", "getclientsdatabyemail": "getclientsdetails"}
 # List actions default to XML and refuse NVP; the others default to NVP.
@@ -61,6 +54,7 @@ CREDENTIAL_FIELDS = ("identifier", "secret", "accesskey", "username", "password"
 FRONT_FAULTS = {"status", "html", "nonjson", "hang", "reset", "error", "late_commit"}
 BACK_FAULTS = {"php_warning", "truncated", "warning", "commit_then_hang"}
 SESSION_COOKIE = "WHMCSy551iLvnhYt7"
+BAN_AFTER, BAN_SECONDS = 3, 900.0  # failed logins from one IP, then how long it stays banned
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
 
@@ -98,8 +92,6 @@ class WhmcsEmulator:
         access_key: str = "",
         admin_username: str = "",
         admin_password: str = "",
-        ban_after: int = 3,
-        ban_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.faults = faults
@@ -108,8 +100,6 @@ class WhmcsEmulator:
         self.access_key = access_key
         self.admin_username = admin_username
         self.admin_md5 = hashlib.md5(admin_password.encode()).hexdigest() if admin_password else ""
-        self.ban_after = ban_after
-        self.ban_seconds = ban_seconds
         self.clock = clock
         self._lock = threading.RLock()
         self.reset()
@@ -268,8 +258,8 @@ class WhmcsEmulator:
 
     def _failed_login(self, ip: str) -> None:
         self.failed_logins[ip] += 1
-        if self.failed_logins[ip] >= self.ban_after:
-            self.banned_until[ip] = self.clock() + self.ban_seconds
+        if self.failed_logins[ip] >= BAN_AFTER:
+            self.banned_until[ip] = self.clock() + BAN_SECONDS
             self.failed_logins[ip] = 0
 
     def _authorise(self, call: _Call) -> tuple[int, dict[str, Any]] | None:
