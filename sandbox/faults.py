@@ -7,6 +7,7 @@ Targets are dotted names such as `sf.token`, `sf.query`, `sf.patch`, `cometd.con
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,14 @@ class FaultBook:
                     self.history.append({"target": target, "kind": fault.kind, **fault.params})
                     return fault
         return None
+
+    def on_call(self, *targets: str) -> Fault | None:
+        """What a call meets: the first latency set among `targets`, slept, then the first
+        pending fault among them (later targets are fallbacks, such as `sf.rest`)."""
+        seconds = next((s for t in targets if (s := self.latency(t)) > 0), 0.0)
+        if seconds > 0:
+            time.sleep(seconds)
+        return next((f for t in targets if (f := self.take(t)) is not None), None)
 
     def clear(self) -> None:
         with self._lock:

@@ -202,11 +202,7 @@ class CometdServer:
         return handler(ex, message, fault)
 
     def _fault(self, channel: str) -> Fault | None:
-        target = "cometd." + channel.rsplit("/", 1)[1]
-        delay = self.faults.latency(target)
-        if delay:
-            time.sleep(delay)
-        fault = self.faults.take(target)
+        fault = self.faults.on_call("cometd." + channel.rsplit("/", 1)[1])
         if fault is None:
             return None
         if fault.kind == "hang":

@@ -201,8 +201,7 @@ class SalesforceEmulator:
         return error_list(404, *NOT_FOUND)
 
     def _token(self, request: Request) -> Response:
-        self._delay("sf.token")
-        fault = self.faults.take("sf.token")
+        fault = self.faults.on_call("sf.token")
         if fault is not None:
             return replies.fault_reply(fault, replies.token_status)
         return self.oauth.handle(request, self.base_url)
@@ -210,8 +209,7 @@ class SalesforceEmulator:
     def _rest(self, request: Request, version: str, path: str) -> Response:
         route, params, allowed = match_route(request.method, path)
         target = f"sf.{route.kind}" if route else "sf.rest"
-        self._delay(target)
-        fault = self.faults.take(target) or (self.faults.take("sf.rest") if route else None)
+        fault = self.faults.on_call(target, "sf.rest")
         if fault is not None:
             response = replies.fault_reply(fault, replies.rest_status)
         elif not self.tokens.is_valid(bearer_token(request)):
@@ -234,13 +232,6 @@ class SalesforceEmulator:
             return error_list(404, *NOT_FOUND)
         message = f"HTTP Method '{method}' not allowed. Allowed are {','.join(allowed)}"
         return error_list(405, "METHOD_NOT_ALLOWED", message)
-
-    def _delay(self, target: str) -> None:
-        seconds = self.faults.latency(target) or (
-            self.faults.latency("sf.rest") if target != "sf.token" else 0.0
-        )
-        if seconds > 0:
-            time.sleep(seconds)
 
     def _count(self, kind: str) -> None:
         with self._lock:

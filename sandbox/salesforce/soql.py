@@ -86,22 +86,12 @@ _TOKENS = re.compile(
     |(?P<op>!=|<=|>=|=|<|>|,|\(|\))""",
     re.X | re.S,
 )
+_CONTROL = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}  # either case: \N is \n
 _ESCAPES = {
-    "n": "\n",
-    "N": "\n",
-    "r": "\r",
-    "R": "\r",
-    "t": "\t",
-    "T": "\t",
-    "b": "\b",
-    "B": "\b",
-    "f": "\f",
-    "F": "\f",
-    '"': '"',
-    "'": "'",
-    "\\": "\\",
-    "_": "\\_",  # LIKE escapes keep their backslash
-    "%": "\\%",
+    **_CONTROL,
+    **{k.upper(): v for k, v in _CONTROL.items()},
+    **{c: c for c in "\"'\\"},
+    **{c: "\\" + c for c in "_%"},  # LIKE escapes keep their backslash
 }
 
 
@@ -372,18 +362,13 @@ def _child(text: str, path: Path, parent: SObject) -> tuple[str, SObject, str]:
 
 # --- filters --------------------------------------------------------------------------------
 
-_LITERAL_FOR_TYPE = {  # field type -> (literal kind it takes, type word in the error text)
+# field type -> (literal kind it takes, type word in the error text)
+_LITERAL_FOR_TYPE = {
     "id": ("string", "id"),
     "reference": ("string", "id"),
-    "string": ("string", "string"),
-    "picklist": ("string", "string"),
-    "textarea": ("string", "string"),
-    "double": ("number", "double"),
-    "currency": ("number", "currency"),
-    "int": ("number", "int"),
-    "boolean": ("boolean", "boolean"),
-    "date": ("date", "date"),
-    "datetime": ("datetime", "datetime"),
+    **{t: ("string", "string") for t in TEXT_TYPES},
+    **{t: ("number", t) for t in NUMBER_TYPES},
+    **{t: (t, t) for t in ("boolean", "date", "datetime")},
 }
 
 

@@ -27,19 +27,10 @@ from typing import Any
 from sandbox.whmcs.phpform import PhpArray, as_list, truthy
 
 CYCLES = ("monthly", "quarterly", "semiannually", "annually", "biennially", "triennially")
-STORED_CYCLE = {
-    "monthly": "Monthly",
-    "quarterly": "Quarterly",
-    "semiannually": "Semi-Annually",
-    "annually": "Annually",
-    "biennially": "Biennially",
-    "triennially": "Triennially",
-    "onetime": "One Time",
-    "free": "Free Account",
-}
-SETUP_FEE = {"monthly": "msetupfee", "quarterly": "qsetupfee", "semiannually": "ssetupfee"}
-SETUP_FEE |= {"annually": "asetupfee", "biennially": "bsetupfee", "triennially": "tsetupfee"}
-SETUP_FEE |= {"onetime": "msetupfee"}
+# How WHMCS stores (and GetOrders shows) a cycle: Monthly, Semi-Annually, One Time...
+STORED_CYCLE = {c: c.capitalize() for c in CYCLES} | {"semiannually": "Semi-Annually"}
+STORED_CYCLE |= {"onetime": "One Time", "free": "Free Account"}
+SETUP_FEE = {c: f"{c[0]}setupfee" for c in CYCLES} | {"onetime": "msetupfee"}
 PRODUCT_TYPES = {
     "hostingaccount": "Shared Hosting",
     "reselleraccount": "Reseller Hosting",

@@ -137,10 +137,7 @@ class WhmcsEmulator:
         call = self._call_for(request)
         with self._lock:
             self.calls[call.name or "(empty)"] += 1
-        delay = self.faults.latency(call.target)
-        if delay > 0:
-            time.sleep(delay)
-        fault = self.faults.take(call.target)
+        fault = self.faults.on_call(call.target)
         call.fault = fault.kind if fault else None
         try:
             response = self._respond(call, fault)
