@@ -18,7 +18,6 @@ class Fault:
     kind: str
     remaining: int = 1
     params: dict[str, Any] = field(default_factory=dict)
-    fired: int = 0
 
 
 class FaultBook:
@@ -41,7 +40,6 @@ class FaultBook:
             for fault in self._faults:
                 if fault.target in (target, system) and fault.remaining != 0:
                     fault.remaining -= 1  # a negative count never runs out
-                    fault.fired += 1
                     self.history.append({"target": target, "kind": fault.kind, **fault.params})
                     return fault
         return None

@@ -141,12 +141,7 @@ class TokenEndpoint:
                 assertion,
                 self.public_key,
                 algorithms=["RS256"],
-                options={
-                    "verify_aud": False,
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
+                options={f"verify_{claim}": False for claim in ("aud", "exp", "iat", "nbf")},
             )
         except jwt.PyJWTError as exc:
             raise Refused("assertion") from exc

@@ -299,22 +299,25 @@ class Resolved:
     field: Field
 
 
-def _no_such_column(text: str, pos: int, name: str, entity: str) -> SoqlError:
-    return SoqlError(
-        "INVALID_FIELD",
-        f"{_where(text, pos)}No such column '{name}' on entity '{entity}'. If you are attempting "
-        "to use a custom field, be sure to append the '__c' after the custom field name. Please "
-        "reference your WSDL or the describe call for the appropriate names.",
+def _custom_hint(kind: str, suffix: str, after: str = "") -> str:
+    """The advice closing Salesforce's unknown-name errors."""
+    return (
+        f"If you are attempting to use a custom {kind}, be sure to append the '{suffix}' after "
+        f"the {after or 'custom ' + kind} name. Please reference your WSDL or the describe call "
+        "for the appropriate names."
     )
 
 
-def _bad_relationship(text: str, pos: int, name: str) -> SoqlError:
+def _no_such_column(text: str, pos: int, name: str, entity: str) -> SoqlError:
+    message = f"No such column '{name}' on entity '{entity}'. {_custom_hint('field', '__c')}"
+    return SoqlError("INVALID_FIELD", _where(text, pos) + message)
+
+
+def _bad_relationship(text: str, pos: int, name: str, part: str = "field path") -> SoqlError:
+    hint = _custom_hint("relationship", "__r")
     return SoqlError(
         "INVALID_FIELD",
-        f"{_where(text, pos)}Didn't understand relationship '{name}' in field path. If you are "
-        "attempting to use a custom relationship, be sure to append the '__r' after the custom "
-        "relationship name. Please reference your WSDL or the describe call for the appropriate "
-        "names.",
+        f"{_where(text, pos)}Didn't understand relationship '{name}' in {part}. {hint}",
     )
 
 
@@ -337,12 +340,9 @@ def resolve(text: str, path: Path, root: SObject) -> Resolved:
 def _object(text: str, path: Path) -> SObject:
     found = sobject(path.text)
     if found is None:
-        raise SoqlError(
-            "INVALID_TYPE",
-            f"{_where(text, path.pos)}sObject type '{path.text}' is not supported. If you are "
-            "attempting to use a custom object, be sure to append the '__c' after the entity "
-            "name. Please reference your WSDL or the describe call for the appropriate names.",
-        )
+        hint = _custom_hint("object", "__c", "entity")
+        message = f"sObject type '{path.text}' is not supported. {hint}"
+        raise SoqlError("INVALID_TYPE", _where(text, path.pos) + message)
     return found
 
 
@@ -350,13 +350,8 @@ def _child(text: str, path: Path, parent: SObject) -> tuple[str, SObject, str]:
     found = parent.child(path.text)
     target = sobject(found[1]) if found else None
     if found is None or target is None:
-        raise SoqlError(
-            "INVALID_TYPE",
-            f"{_where(text, path.pos)}Didn't understand relationship '{path.text}' in FROM part "
-            "of query call. If you are attempting to use a custom relationship, be sure to append "
-            "the '__r' after the custom relationship name. Please reference your WSDL or the "
-            "describe call for the appropriate names.",
-        )
+        bad = _bad_relationship(text, path.pos, path.text, "FROM part of query call")
+        raise SoqlError("INVALID_TYPE", bad.message)
     return found[0], target, found[2]
 
 
