@@ -442,34 +442,39 @@ class SalesforceEmulator:
 
     def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """The `sf/<op>` operations of the admin API (docs/design.md)."""
-        handler = getattr(self, f"_admin_{op}", None)
-        if handler is None:
+        ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "approve": lambda b: {"event": self.approve(b["order_id"], b.get("publish", True))},
+            "retry": lambda b: self.retry(b["order_id"]),
+            "publish": lambda b: {
+                "event": self.publish_event(b.get("payload") or {}, b.get("event_uuid"))
+            },
+            "order": self._admin_order,
+            "orders": lambda b: {"orders": self.store.records("Order")},
+            "events": lambda b: {"events": self.bus.events(CHANNEL)},
+            "patches": lambda b: {"patches": self._patches()},
+            "revoke_tokens": self._admin_revoke_tokens,
+            "set_app": self._admin_set_app,
+            "set_field_access": self._admin_set_field_access,
+            "set_query_batch": self._admin_set_query_batch,
+            "set_retention_floor": self._admin_set_retention_floor,
+            # A schema change of the platform event, as seen by Pub/Sub subscribers.
+            "add_event_field": lambda b: {
+                "schema_id": self.pubsub.add_field(CHANNEL, str(b["field"]))
+            },
+            "counters": lambda b: self.counters(),
+        }
+        if op not in ops:
             raise LookupError(f"unknown operation sf/{op}")
-        return handler(body or {})
+        return ops[op](body or {})
 
-    def _admin_approve(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"event": self.approve(body["order_id"], publish=body.get("publish", True))}
-
-    def _admin_retry(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.retry(body["order_id"])
-
-    def _admin_publish(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"event": self.publish_event(body.get("payload") or {}, body.get("event_uuid"))}
+    def _patches(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.patches)
 
     def _admin_order(self, body: dict[str, Any]) -> dict[str, Any]:
         order = self._order(body["order_id"])
         items = [i for i in self.store.records("OrderItem") if i["OrderId"] == order["Id"]]
         return {"order": dict(order), "items": items}
-
-    def _admin_orders(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"orders": self.store.records("Order")}
-
-    def _admin_events(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"events": self.bus.events(CHANNEL)}
-
-    def _admin_patches(self, body: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            return {"patches": list(self.patches)}
 
     def _admin_revoke_tokens(self, body: dict[str, Any]) -> dict[str, Any]:
         self.tokens.revoke_all()
@@ -486,11 +491,8 @@ class SalesforceEmulator:
         if found is None or field is None:
             raise KeyError(f"no field {body['field']!r} on {name}")
         self.field_access[(found.name, field.name)] = bool(body.get("updateable", True))
-        return {
-            "object": found.name,
-            "field": field.name,
-            "updateable": self.may_edit(field, found.name),
-        }
+        updateable = self.may_edit(field, found.name)
+        return {"object": found.name, "field": field.name, "updateable": updateable}
 
     def _admin_set_query_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         size = int(body.get("size", QUERY_BATCH))
@@ -502,13 +504,6 @@ class SalesforceEmulator:
     def _admin_set_retention_floor(self, body: dict[str, Any]) -> dict[str, Any]:
         self.bus.set_retention_floor(CHANNEL, int(body["replay_id"]))
         return {"replay_id": int(body["replay_id"])}
-
-    def _admin_add_event_field(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A schema change of the platform event, as seen by Pub/Sub subscribers."""
-        return {"schema_id": self.pubsub.add_field(CHANNEL, str(body["field"]))}
-
-    def _admin_counters(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.counters()
 
     def counters(self) -> dict[str, Any]:
         cometd = self.cometd.counters()

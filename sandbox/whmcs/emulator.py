@@ -386,15 +386,29 @@ class WhmcsEmulator:
 
     def admin(self, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """The `whmcs/<op>` admin operations (see docs/design.md)."""
-        body = body or {}
-        handler = getattr(self, f"_admin_{op}", None)
-        if handler is None:
+        ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "orders": lambda b: {"orders": self.billing.order_records()},
+            "requests": self._admin_requests,
+            "counters": lambda b: dict(self.calls),
+            "substitutions": lambda b: {
+                "substitutions": [dict(s) for s in self.billing.substitutions]
+            },
+            "set_role": self._admin_set_role,
+            "set_client": self.billing.set_client,
+            "set_numbers_as_strings": lambda b: self._set_flag("numbers_as_strings", b),
+            "set_hex_quotes": lambda b: self._set_flag("hex_quotes", b),
+            "set_ip_allowlist": self._admin_set_ip_allowlist,
+            "set_order_status": lambda b: {
+                "order": self.billing.set_order_status(int(b["order_id"]), b["status"])
+            },
+            "bans": self._admin_bans,
+            "load": self.billing.load,
+            "reset": self._admin_reset,
+        }
+        if op not in ops:
             raise ValueError(f"unknown WHMCS admin operation {op!r}")
         with self._lock:
-            return handler(body)
-
-    def _admin_orders(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"orders": self.billing.order_records()}
+            return ops[op](body or {})
 
     def _admin_requests(self, body: dict[str, Any]) -> dict[str, Any]:
         wanted = body.get("action")
@@ -403,28 +417,16 @@ class WhmcsEmulator:
         rows = [r for r in self.requests if not wanted or r["action"] == wanted]
         return {"requests": [dict(r) for r in rows]}
 
-    def _admin_counters(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.calls)
-
-    def _admin_substitutions(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"substitutions": [dict(s) for s in self.billing.substitutions]}
-
     def _admin_set_role(self, body: dict[str, Any]) -> dict[str, Any]:
         allowed = body.get("allowed_actions")
         role = None if allowed is None else {normalise_action(a) for a in allowed}
         self.allowed_actions = role
         return {"allowed_actions": None if role is None else sorted(role)}
 
-    def _admin_set_client(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.billing.set_client(body)
-
-    def _admin_set_numbers_as_strings(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.numbers_as_strings = bool(body.get("enabled", True))
-        return {"enabled": self.numbers_as_strings}
-
-    def _admin_set_hex_quotes(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.hex_quotes = bool(body.get("enabled", True))
-        return {"enabled": self.hex_quotes}
+    def _set_flag(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A wire-format switch (numbers_as_strings, hex_quotes): `{enabled: bool}`."""
+        setattr(self, name, bool(body.get("enabled", True)))
+        return {"enabled": getattr(self, name)}
 
     def _admin_set_ip_allowlist(self, body: dict[str, Any]) -> dict[str, Any]:
         """`{ips: [...] | null, trust_forwarded_for?, status?}`; status 400 is what older
@@ -435,16 +437,10 @@ class WhmcsEmulator:
         self.invalid_ip_status = int(body.get("status", 403))
         return {"ips": None if ips is None else sorted(ips)}
 
-    def _admin_set_order_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"order": self.billing.set_order_status(int(body["order_id"]), body["status"])}
-
     def _admin_bans(self, body: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
         banned = sorted(ip for ip, until in self.banned_until.items() if until > now)
         return {"banned": banned, "failed_logins": dict(self.failed_logins)}
-
-    def _admin_load(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.billing.load(body)
 
     def _admin_reset(self, body: dict[str, Any]) -> dict[str, Any]:
         self.reset()
