@@ -48,6 +48,10 @@ REPLAY_NOT_IN_MAP = (
 NO_SUCH_CHANNEL = "400::The channel you requested to subscribe to doesn't exist {{{}}}"
 NO_LEADING_SLASH = "400::Channel subscriptions must start with a leading '/'"
 NO_COOKIE = "400::Client {} has established a session, but no " + BROWSER_COOKIE + " cookie present"
+# The advice's `reconnect` with a refusal: a new handshake helps an unknown client, nothing helps
+# a bad token.
+REFUSAL_ADVICE = {UNKNOWN_CLIENT: "handshake", AUTH_INVALID: "none", AUTH_REQUIRED: "none"}
+FAULT_REFUSALS = {"unknown_client": UNKNOWN_CLIENT, "auth_invalid": AUTH_INVALID}
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -264,23 +268,17 @@ class CometdServer:
                 del self._clients[client_id]
 
     def _refusal(self, message: dict[str, Any], error: str) -> dict[str, Any]:
-        if error == UNKNOWN_CLIENT:
-            return self._reply(
-                message, error=error, advice={"reconnect": "handshake", "interval": 0}
-            )
-        if error in (AUTH_INVALID, AUTH_REQUIRED):
-            return self._reply(message, error=error, advice={"reconnect": "none", "interval": 0})
-        return self._reply(message, error=error)
+        reconnect = REFUSAL_ADVICE.get(error)
+        if reconnect is None:
+            return self._reply(message, error=error)
+        return self._reply(message, error=error, advice={"reconnect": reconnect, "interval": 0})
 
     def _generic_fault(self, message: dict[str, Any], fault: Fault | None) -> dict[str, Any] | None:
         if fault is None:
             return None
-        if fault.kind == "unknown_client":
+        if fault.kind in FAULT_REFUSALS:
             self._forget(str(message.get("clientId", "")))
-            return self._refusal(message, UNKNOWN_CLIENT)
-        if fault.kind == "auth_invalid":
-            self._forget(str(message.get("clientId", "")))
-            return self._refusal(message, AUTH_INVALID)
+            return self._refusal(message, FAULT_REFUSALS[fault.kind])
         if fault.kind == "error":  # any other refusal, e.g. a transient SERVER_UNAVAILABLE
             params = fault.params
             reply = self._reply(
@@ -306,9 +304,8 @@ class CometdServer:
             return self._refusal(message, UNKNOWN_CLIENT)
         if ex.token is None:
             return self._refusal(message, AUTH_REQUIRED)
-        if (fault is not None and fault.kind == "auth_invalid") or not self.is_token_valid(
-            ex.token
-        ):
+        refused = fault is not None and fault.kind == "auth_invalid"
+        if refused or not self.is_token_valid(ex.token):
             return self._reply(
                 message,
                 error=HANDSHAKE_DENIED,
