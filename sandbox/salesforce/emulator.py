@@ -29,7 +29,7 @@ from sandbox.salesforce.oauth import TokenEndpoint, Tokens
 from sandbox.salesforce.pubsub_server import PubSubServer
 from sandbox.salesforce.replies import NOT_FOUND, SESSION_INVALID, error_list
 from sandbox.salesforce.schema import EVENT_OBJECT, Field, sobject
-from sandbox.salesforce.store import Store, sf_datetime
+from sandbox.salesforce.store import Store
 from shared.sfid import new_id
 
 CHANNEL = "/event/OrderProvisionRequested__e"
@@ -130,7 +130,7 @@ class SalesforceEmulator:
             user_id=self.user_id,
             clock=clock,
         )
-        self.bus = EventBus((CHANNEL,), clock=clock)
+        self.bus = EventBus((CHANNEL,), clock=clock, publisher_id=self.user_id)
         self.cometd = CometdServer(
             self.bus,
             faults,
@@ -397,12 +397,7 @@ class SalesforceEmulator:
     def publish_event(
         self, payload: dict[str, Any], event_uuid: str | None = None
     ) -> dict[str, Any]:
-        body = {
-            "CreatedDate": sf_datetime(self.clock(), "Z"),
-            "CreatedById": self.user_id,
-            **payload,
-        }
-        return self.bus.publish(CHANNEL, body, event_uuid=event_uuid)
+        return self.bus.publish(CHANNEL, payload, event_uuid=event_uuid)
 
     def approve(self, order_id: str, publish: bool = True) -> dict[str, Any] | None:
         """The approval Flow: Activation_Status__c = Activating, then the platform event.

@@ -32,12 +32,13 @@ class EventBus:
         self,
         channels: tuple[str, ...] = ("/event/OrderProvisionRequested__e",),
         clock: Callable[[], float] = time.time,
+        publisher_id: str | None = None,
     ) -> None:
         self.channels = tuple(channels)
         self.clock = clock
         self._changed = threading.Condition()
         self._random = random.Random()
-        self._publisher_id = new_id("User")[:15]
+        self._publisher_id = publisher_id or new_id("User")[:15]  # the events' CreatedById
         self.reset()
 
     def reset(self) -> None:
