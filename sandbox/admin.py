@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.emulators import Emulators
-from sandbox.http import Request, Response
+from sandbox.http_server import Request, Response
 
 log = logging.getLogger(__name__)
 PREFIX = "/admin/"

@@ -15,7 +15,7 @@ from sandbox import tls
 from sandbox.admin import AdminApp
 from sandbox.emulators import Emulators
 from sandbox.faults import FaultBook
-from sandbox.http import Server
+from sandbox.http_server import Server
 from sandbox.salesforce.emulator import SalesforceEmulator
 from sandbox.whmcs.emulator import WhmcsEmulator
 

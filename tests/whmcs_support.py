@@ -11,7 +11,7 @@ from typing import Any
 
 from sandbox.faults import FaultBook
 from sandbox.fixtures import whmcs_client, whmcs_pricing
-from sandbox.http import Server
+from sandbox.http_server import Server
 from sandbox.tls import Material
 from sandbox.whmcs.emulator import API_PATH, WhmcsEmulator
 

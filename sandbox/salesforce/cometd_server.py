@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from sandbox.faults import Fault, FaultBook
-from sandbox.http import Drop, Hang, Request, Response
+from sandbox.http_server import Drop, Hang, Request, Response
 from sandbox.salesforce.eventbus import EventBus
 
 MIN_VERSION = 37.0

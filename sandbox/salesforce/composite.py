@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.http import Response
+from sandbox.http_server import Response
 from sandbox.salesforce.replies import error_list
 
 MAX_SUBREQUESTS = 25

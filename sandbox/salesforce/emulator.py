@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from sandbox.faults import FaultBook
 from sandbox.fixtures import FixtureError
-from sandbox.http import Request, Response
+from sandbox.http_server import Request, Response
 from sandbox.salesforce import composite, replies, rules, soql
 from sandbox.salesforce.cometd_server import CometdServer, bearer_token
 from sandbox.salesforce.eventbus import EventBus

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from sandbox.http import Request, Response
+from sandbox.http_server import Request, Response
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_EXP_AHEAD = 300  # seconds; Salesforce wants exp within a few minutes of now

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.faults import Fault
-from sandbox.http import Drop, Hang, Response
+from sandbox.http_server import Drop, Hang, Response
 from sandbox.salesforce.rules import Problem
 
 NOT_FOUND = ("NOT_FOUND", "The requested resource does not exist")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.faults import Fault, FaultBook
-from sandbox.http import Drop, Hang, Request, Response
+from sandbox.http_server import Drop, Hang, Request, Response
 from sandbox.whmcs import wire
 from sandbox.whmcs.billing import ActionError, Billing
 from sandbox.whmcs.phpform import PhpArray, parse, parse_multipart

@@ -14,7 +14,7 @@ from aiocometd_ng.extensions import AuthExtension, Extension
 from sandbox import tls
 from sandbox.faults import FaultBook
 from sandbox.fixtures import standard_document
-from sandbox.http import Server
+from sandbox.http_server import Server
 from sandbox.salesforce.cometd_server import CometdServer
 from sandbox.salesforce.eventbus import EventBus
 from shared.sfauth import TokenProvider

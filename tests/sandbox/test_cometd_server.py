@@ -14,7 +14,7 @@ import requests
 
 from sandbox import tls
 from sandbox.faults import FaultBook
-from sandbox.http import Server, wait_until
+from sandbox.http_server import Server, wait_until
 from sandbox.salesforce.cometd_server import CometdServer
 from sandbox.salesforce.eventbus import EventBus
 
