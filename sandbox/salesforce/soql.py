@@ -199,14 +199,11 @@ class _Parser:
 
     def query(self, nested: bool = False) -> Query:
         self.expect_keyword("SELECT")
-        items = [self.item(nested)]
-        while self.token.text == ",":
-            self.next()
-            items.append(self.item(nested))
+        items = self.listed(lambda: self.item(nested))
         self.expect_keyword("FROM")
         source = self.path()  # "Order" is a keyword and an object name: no reserved words here
         where = self.where() if self.keyword("WHERE") else ()
-        order = self.order_by() if self.keyword("ORDER", "BY") else ()
+        order = tuple(self.listed(self.order_key)) if self.keyword("ORDER", "BY") else ()
         limit = self.limit() if self.keyword("LIMIT") else None
         return Query(tuple(items), source, where, order, limit)
 
@@ -230,10 +227,7 @@ class _Parser:
         path = self.path(_RESERVED)
         if self.keyword("IN"):
             self.expect_op("(")
-            values = [self.literal()]
-            while self.token.text == ",":
-                self.next()
-                values.append(self.literal())
+            values = self.listed(self.literal)
             self.expect_op(")")
             return Condition(path, "IN", tuple(values))
         if self.token.kind != "op" or self.token.text not in _COMPARISONS:
@@ -257,12 +251,13 @@ class _Parser:
         self.i -= 1
         raise self.fail()
 
-    def order_by(self) -> tuple[tuple[Path, bool], ...]:
-        keys = [self.order_key()]
+    def listed(self, parse: Callable[[], Any]) -> list[Any]:
+        """One or more `parse`d items, separated by commas."""
+        items = [parse()]
         while self.token.text == ",":
             self.next()
-            keys.append(self.order_key())
-        return tuple(keys)
+            items.append(parse())
+        return items
 
     def order_key(self) -> tuple[Path, bool]:
         path = self.path(_RESERVED)
