@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bench import rqjobs
 from bench.harness import BenchError, Run, need
 from bench.procs import Proc
-from sandbox.http import wait_until
+from sandbox.http_server import wait_until
 from shared import db, keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import database_engine

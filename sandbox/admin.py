@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sandbox.http import Request, Response
-
-if TYPE_CHECKING:
-    from sandbox.app import Sandbox
+from sandbox.emulators import Emulators
+from sandbox.http_server import Request, Response
 
 log = logging.getLogger(__name__)
 PREFIX = "/admin/"
 
 
 class AdminApp:
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Emulators) -> None:
         self.sandbox = sandbox
         self.ops: dict[str, Callable[[Any], Any]] = {
             "health": lambda body: {"ok": True},

@@ -10,14 +10,14 @@ import secrets
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sandbox import fixtures, tls
+from sandbox import tls
 from sandbox.admin import AdminApp
+from sandbox.emulators import Emulators
 from sandbox.faults import FaultBook
-from sandbox.http import Server
-from sandbox.salesforce import SalesforceEmulator
-from sandbox.whmcs import WhmcsEmulator
+from sandbox.http_server import Server
+from sandbox.salesforce.emulator import SalesforceEmulator
+from sandbox.whmcs.emulator import WhmcsEmulator
 
 CLIENT_ID = "sandbox-consumer-key"
 USERNAME = "integration@sandbox.example"
@@ -31,12 +31,9 @@ def _url(scheme: str, host: str, port: int, public_host: str | None) -> str:
 
 
 @dataclass
-class Sandbox:
+class Sandbox(Emulators):
     state_dir: Path
     material: tls.Material
-    faults: FaultBook
-    salesforce: SalesforceEmulator
-    whmcs: WhmcsEmulator
     servers: list[Server]
     env: dict[str, str]
     admin_url: str
@@ -75,7 +72,7 @@ class Sandbox:
             identifier=whmcs_identifier or secrets.token_urlsafe(24),
             secret=whmcs_secret or secrets.token_urlsafe(24),
         )
-        sandbox = cls(state_dir, material, faults, salesforce, whmcs, [], {}, "")
+        sandbox = cls(faults, salesforce, whmcs, state_dir, material, [], {}, "")
         sandbox._serve(host, (sf_port, whmcs_port, admin_port), public_host)
         sandbox._serve_pubsub(host, pubsub_port, public_host)
         return sandbox
@@ -116,22 +113,6 @@ class Sandbox:
         name = _url("https", host, port, public_host).removeprefix("https://")
         self.env["SF_PUBSUB_ENDPOINT"] = name
         self.env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(self.material.ca_path)
-
-    def load(self, document: dict[str, Any]) -> dict[str, Any]:
-        """Load a fixture document into both emulators (what the admin `load` op does)."""
-        salesforce, whmcs = fixtures.split(document)
-        refs = self.salesforce.load(salesforce)
-        reply: dict[str, Any] = {"refs": refs, "pricebook_id": self.salesforce.pricebook_id}
-        if whmcs:
-            reply["whmcs"] = self.whmcs.load(whmcs)
-        return reply
-
-    def reset(self) -> None:
-        """Clear every record, event, token, fault and counter; certificates and URLs stay."""
-        self.faults.clear()
-        self.faults.history.clear()
-        self.salesforce.reset()
-        self.whmcs.reset()
 
     def env_lines(self) -> list[str]:
         """The environment block as `NAME=value` lines a shell can eval."""

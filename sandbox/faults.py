@@ -7,6 +7,7 @@ Targets are dotted names such as `sf.token`, `sf.query`, `sf.patch`, `cometd.con
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,6 @@ class Fault:
     kind: str
     remaining: int = 1
     params: dict[str, Any] = field(default_factory=dict)
-    fired: int = 0
 
 
 class FaultBook:
@@ -40,10 +40,17 @@ class FaultBook:
             for fault in self._faults:
                 if fault.target in (target, system) and fault.remaining != 0:
                     fault.remaining -= 1  # a negative count never runs out
-                    fault.fired += 1
                     self.history.append({"target": target, "kind": fault.kind, **fault.params})
                     return fault
         return None
+
+    def on_call(self, *targets: str) -> Fault | None:
+        """What a call meets: the first latency set among `targets`, slept, then the first
+        pending fault among them (later targets are fallbacks, such as `sf.rest`)."""
+        seconds = next((s for t in targets if (s := self.latency(t)) > 0), 0.0)
+        if seconds > 0:
+            time.sleep(seconds)
+        return next((f for t in targets if (f := self.take(t)) is not None), None)
 
     def clear(self) -> None:
         with self._lock:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox import soql
-from sandbox.sfmetadata import NAMESPACE
-from sandbox.sfschema import sobject
+from sandbox.salesforce import soql
+from sandbox.salesforce.metadata import NAMESPACE
+from sandbox.salesforce.schema import sobject
 from shared.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ Property-based (hypothesis) over what the outside world sends us: CometD replies
 the subscriber's real stream loop), platform event payloads (through the intake and the worker's
 validation), WHMCS replies (through shared/whmcs.py over HTTP) and Salesforce error bodies
 (through shared/salesforce.py over HTTPS, which simple-salesforce insists on). The servers are
-scripted `sandbox.http` servers on loopback TLS that answer whatever the example says; the
+scripted `sandbox.http_server` servers on loopback TLS that answer whatever the example says; the
 end-to-end cases use the sandbox emulators.
 """
 
@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from sandbox import tls
 from sandbox.fixtures import standard_document
-from sandbox.http import Request, Response, Server
+from sandbox.http_server import Request, Response, Server
 from shared import db, keys
 from shared.config import SalesforceSettings, WhmcsSettings
 from shared.errors import AuthError, InvalidEvent, ProvisioningError

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from sandbox.fixtures import standard_document
-from sandbox.http import wait_until
+from sandbox.http_server import wait_until
 from shared import keys
 from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.connections import redis_client

@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 
 from healthcheck.app import create_app
 from sandbox.fixtures import standard_document
-from sandbox.http import wait_until
+from sandbox.http_server import wait_until
 from shared import keys
 from shared.salesforce import SalesforceClient
 from shared.servertime import offset, server_now

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandbox.http import wait_until
-from sandbox.pubsub import event_schema
+from sandbox.http_server import wait_until
+from sandbox.salesforce.pubsub_server import event_schema
 from shared import keys
 from shared import pubsub_api_pb2 as pb
 from shared import pubsub_api_pb2_grpc as pb_grpc

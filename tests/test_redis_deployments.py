@@ -14,7 +14,7 @@ import redis
 from healthcheck.app import create_app
 from healthcheck.dashboard import standalone_app
 from sandbox.fixtures import standard_document
-from sandbox.http import wait_until
+from sandbox.http_server import wait_until
 from shared.config import load_settings
 from shared.connections import redis_client
 from shared.errors import ConfigError

@@ -9,7 +9,7 @@ import pytest
 
 from sandbox import tls
 from sandbox.fixtures import standard_document
-from sandbox.http import Request, Response, Server
+from sandbox.http_server import Request, Response, Server
 from shared import keys
 from shared.config import SalesforceSettings
 from shared.errors import AuthError, BadResponse, ConnectionFailed, HttpStatusError, UpstreamTimeout

@@ -9,20 +9,20 @@ import re
 
 import pytest
 
-from sandbox import sfmetadata
-from sandbox.sfschema import EVENT_NAME, OBJECTS, ORDER_STATUSES
+from sandbox.salesforce import metadata
+from sandbox.salesforce.schema import EVENT_NAME, OBJECTS, ORDER_STATUSES
 from shared import jobpayload
 from tests import salesforce_source as src
 from worker import mapping, steps
 
-FIELDS = sfmetadata.custom_fields()
+FIELDS = metadata.custom_fields()
 # How the code handles each custom type it reads: JSON strings or numbers only.
 SCALAR_TYPES = ("Text", "TextArea", "LongTextArea", "Picklist", "Number")
 TEXT_TYPES = ("Text", "TextArea", "LongTextArea")
 WHMCS_ID_DIGITS = len(str(2**31 - 1))  # WHMCS ids are MySQL INT columns
 
 
-def custom(sobject: str, name: str) -> sfmetadata.CustomField | None:
+def custom(sobject: str, name: str) -> metadata.CustomField | None:
     return next((f for f in FIELDS.get(sobject, ()) if f.name == name), None)
 
 
@@ -117,7 +117,7 @@ def test_the_account_client_field_of_the_default_setting_is_deployed():
 def test_the_event_of_the_default_channel_is_high_volume_and_published_after_commit():
     channel = src.default("SF_PROVISION_EVENT_CHANNEL")
     assert channel == f"/event/{EVENT_NAME}"
-    event = sfmetadata.platform_event(EVENT_NAME)
+    event = metadata.platform_event(EVENT_NAME)
     # After commit: the worker reads the committed Order, and a rolled-back approval must not
     # start a WHMCS order.
     assert (event.event_type, event.publish_behavior) == ("HighVolume", "PublishAfterCommit")

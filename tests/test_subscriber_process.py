@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from sandbox.fixtures import standard_document
-from sandbox.http import wait_until
+from sandbox.http_server import wait_until
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from subscriber.heartbeat import gaps

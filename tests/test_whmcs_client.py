@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sandbox import tls
-from sandbox.http import Response, Server
+from sandbox.http_server import Response, Server
 from shared.config import WhmcsSettings
 from shared.errors import (
     AuthError,

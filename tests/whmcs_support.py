@@ -10,38 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.faults import FaultBook
-from sandbox.http import Server
+from sandbox.fixtures import whmcs_client, whmcs_pricing
+from sandbox.http_server import Server
 from sandbox.tls import Material
-from sandbox.whmcs import API_PATH, WhmcsEmulator
+from sandbox.whmcs.emulator import API_PATH, WhmcsEmulator
 
 IDENTIFIER = "D4j1dKYE3g40VROOPCGyJ9zRwPz4"
 SECRET = "F1CKGXRIpylMfsrig3mwwdSdYUdLiFlo"
 ACCESS_KEY = "s3cr3t-access-key"
 
+ADA = whmcs_client(1)
+ADA["paymethods"].append(
+    {"type": "BankAccount", "gateway_name": "", "bank_name": "Bank of Examples"}
+)
 FIXTURE: dict[str, Any] = {
     "gateways": [
         {"module": "stripe", "displayname": "Stripe"},
         {"module": "banktransfer", "displayname": "Bank Transfer"},
     ],
     "clients": [
-        {
-            "id": 1,
-            "firstname": "Ada",
-            "lastname": "Lovelace",
-            "email": "ada@example.com",
-            "status": "Active",
-            "defaultgateway": "stripe",
-            "currency_code": "USD",
-            "paymethods": [
-                {
-                    "type": "RemoteCreditCard",
-                    "gateway_name": "stripe",
-                    "description": "Visa 4242",
-                    "card_last_four": "4242",
-                },
-                {"type": "BankAccount", "gateway_name": "", "bank_name": "Bank of Examples"},
-            ],
-        },
+        ADA,
         {"id": 2, "firstname": "No", "lastname": "Card", "email": "nocard@example.com"},
         {"id": 3, "firstname": "Gone", "lastname": "Away", "status": "Closed"},
     ],
@@ -52,16 +40,7 @@ FIXTURE: dict[str, Any] = {
             "name": "Fibre 100",
             "type": "other",
             "paytype": "recurring",
-            "pricing": {
-                "USD": {
-                    "monthly": "50.00",
-                    "quarterly": "-1.00",
-                    "semiannually": "-1.00",
-                    "annually": "500.00",
-                    "biennially": "-1.00",
-                    "triennially": "-1.00",
-                }
-            },
+            "pricing": whmcs_pricing("50.00", "500.00"),
         },
         {
             "pid": 2,

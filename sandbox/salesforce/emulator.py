@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from sandbox import sfcomposite, sfreplies, sfrules, soql
-from sandbox.cometd import CometdServer, bearer_token
-from sandbox.eventbus import EventBus
 from sandbox.faults import FaultBook
-from sandbox.fixtures import FixtureError, SalesforceLoader
-from sandbox.http import Request, Response
-from sandbox.pubsub import PubSubServer
-from sandbox.sfreplies import NOT_FOUND, SESSION_INVALID, error_list
-from sandbox.sfschema import EVENT_OBJECT, Field, sobject
-from sandbox.sfstore import Store, event_datetime
-from sandbox.sftoken import TokenEndpoint, Tokens
+from sandbox.fixtures import FixtureError
+from sandbox.http_server import Request, Response
+from sandbox.salesforce import composite, replies, rules, soql
+from sandbox.salesforce.cometd_server import CometdServer, bearer_token
+from sandbox.salesforce.eventbus import EventBus
+from sandbox.salesforce.loader import SalesforceLoader
+from sandbox.salesforce.oauth import TokenEndpoint, Tokens
+from sandbox.salesforce.pubsub_server import PubSubServer
+from sandbox.salesforce.replies import NOT_FOUND, SESSION_INVALID, error_list
+from sandbox.salesforce.schema import EVENT_OBJECT, Field, sobject
+from sandbox.salesforce.store import Store
 from shared.sfid import new_id
 
 CHANNEL = "/event/OrderProvisionRequested__e"
@@ -90,14 +91,14 @@ class Call:
     def body(self) -> Any:
         """The JSON body, or a Problem as Salesforce words an unreadable one."""
         if not self.request.body:
-            return sfrules.Problem(
+            return rules.Problem(
                 "JSON_PARSER_ERROR",
                 "The HTTP entity body is required, but this request has no entity body.",
             )
         try:
             return json.loads(self.request.body)
         except ValueError:
-            return sfrules.Problem(
+            return rules.Problem(
                 "JSON_PARSER_ERROR", "Unexpected character: the body is not valid JSON"
             )
 
@@ -129,7 +130,7 @@ class SalesforceEmulator:
             user_id=self.user_id,
             clock=clock,
         )
-        self.bus = EventBus((CHANNEL,), clock=clock)
+        self.bus = EventBus((CHANNEL,), clock=clock, publisher_id=self.user_id)
         self.cometd = CometdServer(
             self.bus,
             faults,
@@ -200,19 +201,17 @@ class SalesforceEmulator:
         return error_list(404, *NOT_FOUND)
 
     def _token(self, request: Request) -> Response:
-        self._delay("sf.token")
-        fault = self.faults.take("sf.token")
+        fault = self.faults.on_call("sf.token")
         if fault is not None:
-            return sfreplies.fault_reply(fault, sfreplies.token_status)
+            return replies.fault_reply(fault, replies.token_status)
         return self.oauth.handle(request, self.base_url)
 
     def _rest(self, request: Request, version: str, path: str) -> Response:
         route, params, allowed = match_route(request.method, path)
         target = f"sf.{route.kind}" if route else "sf.rest"
-        self._delay(target)
-        fault = self.faults.take(target) or (self.faults.take("sf.rest") if route else None)
+        fault = self.faults.on_call(target, "sf.rest")
         if fault is not None:
-            response = sfreplies.fault_reply(fault, sfreplies.rest_status)
+            response = replies.fault_reply(fault, replies.rest_status)
         elif not self.tokens.is_valid(bearer_token(request)):
             response = error_list(401, *SESSION_INVALID)
             response.headers.append(("WWW-Authenticate", "Token"))
@@ -233,13 +232,6 @@ class SalesforceEmulator:
             return error_list(404, *NOT_FOUND)
         message = f"HTTP Method '{method}' not allowed. Allowed are {','.join(allowed)}"
         return error_list(405, "METHOD_NOT_ALLOWED", message)
-
-    def _delay(self, target: str) -> None:
-        seconds = self.faults.latency(target) or (
-            self.faults.latency("sf.rest") if target != "sf.token" else 0.0
-        )
-        if seconds > 0:
-            time.sleep(seconds)
 
     def _count(self, kind: str) -> None:
         with self._lock:
@@ -318,7 +310,7 @@ class SalesforceEmulator:
             missing = wanted[fields.index(None)]
             message = f"No such column '{missing}' on sobject of type {found.name}"
             return error_list(400, "INVALID_FIELD", message)
-        out = {"attributes": self._attributes(found.name, record["Id"], call.version)}
+        out = {"attributes": soql.attributes(found.name, record["Id"], call.version)}
         out.update({f.name: record[f.name] for f in fields if f is not None})
         return Response.json(out)
 
@@ -328,11 +320,11 @@ class SalesforceEmulator:
         if found is None or record is None:
             return error_list(404, *NOT_FOUND)
         body = call.body()
-        if isinstance(body, sfrules.Problem):
-            return sfreplies.problems(400, [body])
-        values, problems = sfrules.check_write(found, body, lambda f: self.may_edit(f, found.name))
+        if isinstance(body, rules.Problem):
+            return replies.problems(400, [body])
+        values, problems = rules.check_write(found, body, lambda f: self.may_edit(f, found.name))
         if problems:
-            return sfreplies.problems(400, problems)
+            return replies.problems(400, problems)
         self.store.update(found.name, record["Id"], values)
         with self._lock:
             self.patches.append(
@@ -345,7 +337,7 @@ class SalesforceEmulator:
         found = EVENT_OBJECT if name.lower() == EVENT_OBJECT.name.lower() else sobject(name)
         if found is None:
             return error_list(404, "NOT_FOUND", f"The requested resource does not exist: {name}")
-        described = sfrules.describe(found, lambda f: self.may_edit(f, found.name), call.version)
+        described = rules.describe(found, lambda f: self.may_edit(f, found.name), call.version)
         return Response.json(described)
 
     def _limits(self, call: Call) -> Response:
@@ -367,23 +359,19 @@ class SalesforceEmulator:
 
     def _publish(self, call: Call) -> Response:
         body = call.body()
-        if isinstance(body, sfrules.Problem):
-            return sfreplies.problems(400, [body])
-        values, problems = sfrules.check_write(EVENT_OBJECT, body, lambda f: f.updateable)
+        if isinstance(body, rules.Problem):
+            return replies.problems(400, [body])
+        values, problems = rules.check_write(EVENT_OBJECT, body, lambda f: f.updateable)
         if problems:
-            return sfreplies.problems(400, problems)
+            return replies.problems(400, problems)
         self.publish_event(values)
         event_id = new_id("OrderProvisionRequested__e")
         return Response.json({"id": event_id, "success": True, "errors": []}, 201)
 
-    def _attributes(self, sobject_name: str, record_id: str, version: str) -> dict[str, str]:
-        url = f"/services/data/v{version}/sobjects/{sobject_name}/{record_id}"
-        return {"type": sobject_name, "url": url}
-
     # --- composite ----------------------------------------------------------------------------
 
     def _composite(self, call: Call) -> Response:
-        return sfcomposite.run(
+        return composite.run(
             call.body(),
             lambda method, url, body: self._dispatch(call.request, method, url, body),
             self.store.snapshot,
@@ -409,12 +397,7 @@ class SalesforceEmulator:
     def publish_event(
         self, payload: dict[str, Any], event_uuid: str | None = None
     ) -> dict[str, Any]:
-        body = {
-            "CreatedDate": event_datetime(self.clock()),
-            "CreatedById": self.user_id,
-            **payload,
-        }
-        return self.bus.publish(CHANNEL, body, event_uuid=event_uuid)
+        return self.bus.publish(CHANNEL, payload, event_uuid=event_uuid)
 
     def approve(self, order_id: str, publish: bool = True) -> dict[str, Any] | None:
         """The approval Flow: Activation_Status__c = Activating, then the platform event.
@@ -454,34 +437,39 @@ class SalesforceEmulator:
 
     def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """The `sf/<op>` operations of the admin API (docs/design.md)."""
-        handler = getattr(self, f"_admin_{op}", None)
-        if handler is None:
+        ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "approve": lambda b: {"event": self.approve(b["order_id"], b.get("publish", True))},
+            "retry": lambda b: self.retry(b["order_id"]),
+            "publish": lambda b: {
+                "event": self.publish_event(b.get("payload") or {}, b.get("event_uuid"))
+            },
+            "order": self._admin_order,
+            "orders": lambda b: {"orders": self.store.records("Order")},
+            "events": lambda b: {"events": self.bus.events(CHANNEL)},
+            "patches": lambda b: {"patches": self._patches()},
+            "revoke_tokens": self._admin_revoke_tokens,
+            "set_app": self._admin_set_app,
+            "set_field_access": self._admin_set_field_access,
+            "set_query_batch": self._admin_set_query_batch,
+            "set_retention_floor": self._admin_set_retention_floor,
+            # A schema change of the platform event, as seen by Pub/Sub subscribers.
+            "add_event_field": lambda b: {
+                "schema_id": self.pubsub.add_field(CHANNEL, str(b["field"]))
+            },
+            "counters": lambda b: self.counters(),
+        }
+        if op not in ops:
             raise LookupError(f"unknown operation sf/{op}")
-        return handler(body or {})
+        return ops[op](body or {})
 
-    def _admin_approve(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"event": self.approve(body["order_id"], publish=body.get("publish", True))}
-
-    def _admin_retry(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.retry(body["order_id"])
-
-    def _admin_publish(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"event": self.publish_event(body.get("payload") or {}, body.get("event_uuid"))}
+    def _patches(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.patches)
 
     def _admin_order(self, body: dict[str, Any]) -> dict[str, Any]:
         order = self._order(body["order_id"])
         items = [i for i in self.store.records("OrderItem") if i["OrderId"] == order["Id"]]
         return {"order": dict(order), "items": items}
-
-    def _admin_orders(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"orders": self.store.records("Order")}
-
-    def _admin_events(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"events": self.bus.events(CHANNEL)}
-
-    def _admin_patches(self, body: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            return {"patches": list(self.patches)}
 
     def _admin_revoke_tokens(self, body: dict[str, Any]) -> dict[str, Any]:
         self.tokens.revoke_all()
@@ -498,11 +486,8 @@ class SalesforceEmulator:
         if found is None or field is None:
             raise KeyError(f"no field {body['field']!r} on {name}")
         self.field_access[(found.name, field.name)] = bool(body.get("updateable", True))
-        return {
-            "object": found.name,
-            "field": field.name,
-            "updateable": self.may_edit(field, found.name),
-        }
+        updateable = self.may_edit(field, found.name)
+        return {"object": found.name, "field": field.name, "updateable": updateable}
 
     def _admin_set_query_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         size = int(body.get("size", QUERY_BATCH))
@@ -514,13 +499,6 @@ class SalesforceEmulator:
     def _admin_set_retention_floor(self, body: dict[str, Any]) -> dict[str, Any]:
         self.bus.set_retention_floor(CHANNEL, int(body["replay_id"]))
         return {"replay_id": int(body["replay_id"])}
-
-    def _admin_add_event_field(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A schema change of the platform event, as seen by Pub/Sub subscribers."""
-        return {"schema_id": self.pubsub.add_field(CHANNEL, str(body["field"]))}
-
-    def _admin_counters(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.counters()
 
     def counters(self) -> dict[str, Any]:
         cometd = self.cometd.counters()

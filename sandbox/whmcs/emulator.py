@@ -2,8 +2,8 @@
 
 What it reproduces, because our client must survive each of them:
 
-- PHP form semantics (`sandbox.phpform`): `pid[0]=` is an array, a repeated `pid=` keeps only the
-  last value, a JSON body is never read (the call then has no credentials: 403).
+- PHP form semantics (phpform.py): `pid[0]=` is an array, a repeated `pid=` keeps only the last
+  value, a JSON body is never read (the call then has no credentials: 403).
 - Auth in WHMCS's order: banned IP, access key or IP allow-list, credentials (identifier/secret,
   the same via username/password, a legacy admin login with an md5 password), then the action:
   empty (400), unknown (403), not in the API role (403). Three failed logins from one IP ban it
@@ -33,26 +33,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import whmcs_wire as wire
 from sandbox.faults import Fault, FaultBook
-from sandbox.http import Drop, Hang, Request, Response
-from sandbox.phpform import PhpArray, parse, parse_multipart
-from sandbox.whmcs_billing import ActionError, Billing
+from sandbox.http_server import Drop, Hang, Request, Response
+from sandbox.whmcs import wire
+from sandbox.whmcs.billing import ActionError, Billing
+from sandbox.whmcs.phpform import PhpArray, parse, parse_multipart
 
 API_PATH = "/includes/api.php"
-# normalised action -> (canonical name, Billing method)
+READS = ("GetPayMethods", "GetPaymentMethods", "GetClientsDetails", "GetProducts", "GetOrders")
+WRITES = ("AddOrder", "AcceptOrder", "CancelOrder", "PendingOrder", "DeleteOrder")
+# normalised action -> (canonical name, Billing method): addorder -> ("AddOrder", "add_order")
 ACTIONS = {
-    "getpaymethods": ("GetPayMethods", "get_pay_methods"),
-    "getpaymentmethods": ("GetPaymentMethods", "get_payment_methods"),
-    "getclientsdetails": ("GetClientsDetails", "get_clients_details"),
-    "getproducts": ("GetProducts", "get_products"),
-    "addorder": ("AddOrder", "add_order"),
-    "acceptorder": ("AcceptOrder", "accept_order"),
-    "getorders": ("GetOrders", "get_orders"),
-    "cancelorder": ("CancelOrder", "cancel_order"),
-    "pendingorder": ("PendingOrder", "pending_order"),
-    "deleteorder": ("DeleteOrder", "delete_order"),
-    "getorderstatuses": ("GetOrderStatuses", "get_order_statuses"),
+    name.lower(): (name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower())
+    for name in (*READS, "GetOrderStatuses", *WRITES)
 }
 ALIASES = {"getclientsdata": "getclientsdetails", "getclientsdatabyemail": "getclientsdetails"}
 # List actions default to XML and refuse NVP; the others default to NVP.
@@ -61,6 +54,7 @@ CREDENTIAL_FIELDS = ("identifier", "secret", "accesskey", "username", "password"
 FRONT_FAULTS = {"status", "html", "nonjson", "hang", "reset", "error", "late_commit"}
 BACK_FAULTS = {"php_warning", "truncated", "warning", "commit_then_hang"}
 SESSION_COOKIE = "WHMCSy551iLvnhYt7"
+BAN_AFTER, BAN_SECONDS = 3, 900.0  # failed logins from one IP, then how long it stays banned
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
 
@@ -98,8 +92,6 @@ class WhmcsEmulator:
         access_key: str = "",
         admin_username: str = "",
         admin_password: str = "",
-        ban_after: int = 3,
-        ban_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.faults = faults
@@ -108,8 +100,6 @@ class WhmcsEmulator:
         self.access_key = access_key
         self.admin_username = admin_username
         self.admin_md5 = hashlib.md5(admin_password.encode()).hexdigest() if admin_password else ""
-        self.ban_after = ban_after
-        self.ban_seconds = ban_seconds
         self.clock = clock
         self._lock = threading.RLock()
         self.reset()
@@ -147,10 +137,7 @@ class WhmcsEmulator:
         call = self._call_for(request)
         with self._lock:
             self.calls[call.name or "(empty)"] += 1
-        delay = self.faults.latency(call.target)
-        if delay > 0:
-            time.sleep(delay)
-        fault = self.faults.take(call.target)
+        fault = self.faults.on_call(call.target)
         call.fault = fault.kind if fault else None
         try:
             response = self._respond(call, fault)
@@ -268,8 +255,8 @@ class WhmcsEmulator:
 
     def _failed_login(self, ip: str) -> None:
         self.failed_logins[ip] += 1
-        if self.failed_logins[ip] >= self.ban_after:
-            self.banned_until[ip] = self.clock() + self.ban_seconds
+        if self.failed_logins[ip] >= BAN_AFTER:
+            self.banned_until[ip] = self.clock() + BAN_SECONDS
             self.failed_logins[ip] = 0
 
     def _authorise(self, call: _Call) -> tuple[int, dict[str, Any]] | None:
@@ -399,15 +386,29 @@ class WhmcsEmulator:
 
     def admin(self, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """The `whmcs/<op>` admin operations (see docs/design.md)."""
-        body = body or {}
-        handler = getattr(self, f"_admin_{op}", None)
-        if handler is None:
+        ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "orders": lambda b: {"orders": self.billing.order_records()},
+            "requests": self._admin_requests,
+            "counters": lambda b: dict(self.calls),
+            "substitutions": lambda b: {
+                "substitutions": [dict(s) for s in self.billing.substitutions]
+            },
+            "set_role": self._admin_set_role,
+            "set_client": self.billing.set_client,
+            "set_numbers_as_strings": lambda b: self._set_flag("numbers_as_strings", b),
+            "set_hex_quotes": lambda b: self._set_flag("hex_quotes", b),
+            "set_ip_allowlist": self._admin_set_ip_allowlist,
+            "set_order_status": lambda b: {
+                "order": self.billing.set_order_status(int(b["order_id"]), b["status"])
+            },
+            "bans": self._admin_bans,
+            "load": self.billing.load,
+            "reset": self._admin_reset,
+        }
+        if op not in ops:
             raise ValueError(f"unknown WHMCS admin operation {op!r}")
         with self._lock:
-            return handler(body)
-
-    def _admin_orders(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"orders": self.billing.order_records()}
+            return ops[op](body or {})
 
     def _admin_requests(self, body: dict[str, Any]) -> dict[str, Any]:
         wanted = body.get("action")
@@ -416,28 +417,16 @@ class WhmcsEmulator:
         rows = [r for r in self.requests if not wanted or r["action"] == wanted]
         return {"requests": [dict(r) for r in rows]}
 
-    def _admin_counters(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.calls)
-
-    def _admin_substitutions(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"substitutions": [dict(s) for s in self.billing.substitutions]}
-
     def _admin_set_role(self, body: dict[str, Any]) -> dict[str, Any]:
         allowed = body.get("allowed_actions")
         role = None if allowed is None else {normalise_action(a) for a in allowed}
         self.allowed_actions = role
         return {"allowed_actions": None if role is None else sorted(role)}
 
-    def _admin_set_client(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.billing.set_client(body)
-
-    def _admin_set_numbers_as_strings(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.numbers_as_strings = bool(body.get("enabled", True))
-        return {"enabled": self.numbers_as_strings}
-
-    def _admin_set_hex_quotes(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.hex_quotes = bool(body.get("enabled", True))
-        return {"enabled": self.hex_quotes}
+    def _set_flag(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A wire-format switch (numbers_as_strings, hex_quotes): `{enabled: bool}`."""
+        setattr(self, name, bool(body.get("enabled", True)))
+        return {"enabled": getattr(self, name)}
 
     def _admin_set_ip_allowlist(self, body: dict[str, Any]) -> dict[str, Any]:
         """`{ips: [...] | null, trust_forwarded_for?, status?}`; status 400 is what older
@@ -448,16 +437,10 @@ class WhmcsEmulator:
         self.invalid_ip_status = int(body.get("status", 403))
         return {"ips": None if ips is None else sorted(ips)}
 
-    def _admin_set_order_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"order": self.billing.set_order_status(int(body["order_id"]), body["status"])}
-
     def _admin_bans(self, body: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
         banned = sorted(ip for ip, until in self.banned_until.items() if until > now)
         return {"banned": banned, "failed_logins": dict(self.failed_logins)}
-
-    def _admin_load(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.billing.load(body)
 
     def _admin_reset(self, body: dict[str, Any]) -> dict[str, Any]:
         self.reset()

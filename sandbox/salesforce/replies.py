@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.faults import Fault
-from sandbox.http import Drop, Hang, Response
-from sandbox.sfrules import Problem
+from sandbox.http_server import Drop, Hang, Response
+from sandbox.salesforce.rules import Problem
 
 NOT_FOUND = ("NOT_FOUND", "The requested resource does not exist")
 SESSION_INVALID = ("INVALID_SESSION_ID", "Session expired or invalid")

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from sandbox.http import Request, Response
+from sandbox.http_server import Request, Response
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_EXP_AHEAD = 300  # seconds; Salesforce wants exp within a few minutes of now
@@ -141,12 +141,7 @@ class TokenEndpoint:
                 assertion,
                 self.public_key,
                 algorithms=["RS256"],
-                options={
-                    "verify_aud": False,
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
+                options={f"verify_{claim}": False for claim in ("aud", "exp", "iat", "nbf")},
             )
         except jwt.PyJWTError as exc:
             raise Refused("assertion") from exc

@@ -5,31 +5,27 @@ becomes queryable, describable and (if updateable) writable at once.
 
 Two sources, kept apart: the standard fields every org has are written here; every custom field
 (`__c`) and the platform event's fields come from the Salesforce DX source in salesforce/, the
-files the admin deploys (sandbox/sfmetadata.py). A custom field changes there, never here.
+files the admin deploys (metadata.py). A custom field changes there, never here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sandbox import sfmetadata
+from sandbox.salesforce import metadata
 
 
 @dataclass(frozen=True)
 class Field:
     name: str
-    type: (
-        str  # describe's type: id, reference, string, picklist, double, currency, boolean, date...
-    )
+    type: str  # describe's type: id, reference, string, picklist, double, currency, boolean...
     length: int = 0
     updateable: bool = False
     nillable: bool = True
     picklist: tuple[str, ...] = ()
     restricted: bool = False  # a restricted picklist refuses values outside `picklist`
     reference_to: str = ""
-    relationship: str = (
-        ""  # the parent relationship name of a reference field: AccountId -> Account
-    )
+    relationship: str = ""  # a reference field's parent relationship: AccountId -> Account
     given_label: str = ""  # a custom field's label from its metadata
     precision: int = 0  # a Number's digits in all (0: not limited here) ...
     scale: int = 0  # ... of which after the point
@@ -91,14 +87,16 @@ DESCRIBE_TYPES = {
     "DateTime": "datetime",
 }
 PICKLIST_LENGTH = 255  # describe's length of every picklist
+TEXT_TYPES = ("string", "textarea", "picklist")
+NUMBER_TYPES = ("double", "currency", "int")
 
 
-def from_metadata(custom: sfmetadata.CustomField) -> Field:
+def from_metadata(custom: metadata.CustomField) -> Field:
     """The emulator's field for a custom field of the DX source."""
     try:
         kind = DESCRIBE_TYPES[custom.type]
     except KeyError:
-        raise sfmetadata.MetadataError(
+        raise metadata.MetadataError(
             f"{custom.sobject}.{custom.name}: the emulator has no describe type for {custom.type}"
         ) from None
     return Field(
@@ -116,97 +114,69 @@ def from_metadata(custom: sfmetadata.CustomField) -> Field:
 
 
 def _custom(sobject: str) -> tuple[Field, ...]:
-    return tuple(from_metadata(f) for f in sfmetadata.custom_fields().get(sobject, ()))
+    return tuple(from_metadata(f) for f in metadata.custom_fields().get(sobject, ()))
 
 
-# Standard fields only, as every org has them; `_custom(...)` splices in each object's custom
-# fields from the DX source.
+def _standard(
+    name: str, *fields: Field, children: dict[str, tuple[str, str]] | None = None
+) -> SObject:
+    """An object as every org has it: Id, its standard `fields`, then its custom fields from the
+    DX source, then the audit fields."""
+    columns = (Field("Id", "id", 18, nillable=False), *fields, *_custom(name), *AUDIT_FIELDS)
+    return SObject(name, columns, children or {})
+
+
+NAME = Field("Name", "string", 255, updateable=True, nillable=False)
+
+
+def _flag(name: str, updateable: bool = True) -> Field:
+    return Field(name, "boolean", updateable=updateable, nillable=False)
+
+
 OBJECTS: dict[str, SObject] = {
     o.name: o
     for o in (
-        SObject(
+        _standard(
             "Order",
-            (
-                Field("Id", "id", 18, nillable=False),
-                Field("OrderNumber", "string", 30, nillable=False),
-                Field(
-                    "Status",
-                    "picklist",
-                    40,
-                    updateable=True,
-                    nillable=False,
-                    picklist=ORDER_STATUSES,
-                    restricted=True,
-                ),
-                _ref("AccountId", "Account", updateable=True),
-                _ref("Pricebook2Id", "Pricebook2", updateable=True),
-                Field("EffectiveDate", "date", updateable=True, nillable=False),
-                Field("TotalAmount", "currency"),
-                *_custom("Order"),
-                *AUDIT_FIELDS,
-            ),
-            {"OrderItems": ("OrderItem", "OrderId")},
+            Field("OrderNumber", "string", 30, nillable=False),
+            Field("Status", "picklist", 40, True, False, ORDER_STATUSES, restricted=True),
+            _ref("AccountId", "Account", updateable=True),
+            _ref("Pricebook2Id", "Pricebook2", updateable=True),
+            Field("EffectiveDate", "date", updateable=True, nillable=False),
+            Field("TotalAmount", "currency"),
+            children={"OrderItems": ("OrderItem", "OrderId")},
         ),
-        SObject(
+        _standard(
             "OrderItem",
-            (
-                Field("Id", "id", 18, nillable=False),
-                _ref("OrderId", "Order"),
-                Field("OrderItemNumber", "string", 10, nillable=False),
-                Field("Quantity", "double", updateable=True, nillable=False),
-                Field("UnitPrice", "currency", updateable=True),
-                Field("ListPrice", "currency"),
-                Field("TotalPrice", "currency"),
-                _ref("PricebookEntryId", "PricebookEntry"),
-                _ref("Product2Id", "Product2"),
-                *_custom("OrderItem"),
-                *AUDIT_FIELDS,
-            ),
+            _ref("OrderId", "Order"),
+            Field("OrderItemNumber", "string", 10, nillable=False),
+            Field("Quantity", "double", updateable=True, nillable=False),
+            Field("UnitPrice", "currency", updateable=True),
+            Field("ListPrice", "currency"),
+            Field("TotalPrice", "currency"),
+            _ref("PricebookEntryId", "PricebookEntry"),
+            _ref("Product2Id", "Product2"),
         ),
-        SObject(
-            "Account",
-            (
-                Field("Id", "id", 18, nillable=False),
-                Field("Name", "string", 255, updateable=True, nillable=False),
-                *_custom("Account"),
-                *AUDIT_FIELDS,
-            ),
-            {"Orders": ("Order", "AccountId")},
-        ),
-        SObject(
+        _standard("Account", NAME, children={"Orders": ("Order", "AccountId")}),
+        _standard(
             "Product2",
-            (
-                Field("Id", "id", 18, nillable=False),
-                Field("Name", "string", 255, updateable=True, nillable=False),
-                Field("ProductCode", "string", 255, updateable=True),
-                Field("IsActive", "boolean", updateable=True, nillable=False),
-                *_custom("Product2"),
-                *AUDIT_FIELDS,
-            ),
+            NAME,
+            Field("ProductCode", "string", 255, updateable=True),
+            _flag("IsActive"),
         ),
-        SObject(
+        _standard(
             "Pricebook2",
-            (
-                Field("Id", "id", 18, nillable=False),
-                Field("Name", "string", 255, updateable=True, nillable=False),
-                Field("IsActive", "boolean", updateable=True, nillable=False),
-                Field("IsStandard", "boolean", nillable=False),
-                *_custom("Pricebook2"),
-                *AUDIT_FIELDS,
-            ),
-            {"PricebookEntries": ("PricebookEntry", "Pricebook2Id")},
+            NAME,
+            _flag("IsActive"),
+            _flag("IsStandard", updateable=False),
+            children={"PricebookEntries": ("PricebookEntry", "Pricebook2Id")},
         ),
-        SObject(
+        _standard(
             "PricebookEntry",
-            (
-                Field("Id", "id", 18, nillable=False),
-                _ref("Pricebook2Id", "Pricebook2"),
-                _ref("Product2Id", "Product2"),
-                Field("UnitPrice", "currency", updateable=True, nillable=False),
-                Field("IsActive", "boolean", updateable=True, nillable=False),
-                *_custom("PricebookEntry"),
-                *AUDIT_FIELDS,
-            ),
+            _ref("Pricebook2Id", "Pricebook2"),
+            _ref("Product2Id", "Product2"),
+            Field("UnitPrice", "currency", updateable=True, nillable=False),
+            _flag("IsActive"),
         ),
     )
 }
@@ -222,9 +192,9 @@ EVENT_OBJECT = SObject(
     ),
 )
 # Objects of the DX source the emulator does not model: a custom field there would be ignored.
-UNMODELLED = set(sfmetadata.custom_fields()) - {*OBJECTS, EVENT_NAME}
+UNMODELLED = set(metadata.custom_fields()) - {*OBJECTS, EVENT_NAME}
 if UNMODELLED:
-    raise sfmetadata.MetadataError(f"the emulator does not model {sorted(UNMODELLED)}")
+    raise metadata.MetadataError(f"the emulator does not model {sorted(UNMODELLED)}")
 
 
 def sobject(name: str) -> SObject | None:

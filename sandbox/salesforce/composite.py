@@ -10,8 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.http import Response
-from sandbox.sfreplies import error_list
+from sandbox.http_server import Response
+from sandbox.salesforce.replies import error_list
 
 MAX_SUBREQUESTS = 25
 HALTED = "The transaction was rolled back since another operation in the same transaction failed."

@@ -1,8 +1,8 @@
 """The custom fields and platform events of the Salesforce DX source (salesforce/), from its XML.
 
-What is deployed to the org is defined once, in those files. The emulator's schema
-(sandbox/sfschema.py) takes every custom field from here, and the tests hold the worker's SOQL
-and writes to the same files, so the org, the emulator and the code cannot drift apart.
+What is deployed to the org is defined once, in those files. The emulator's schema (schema.py)
+takes every custom field from here, and the tests hold the worker's SOQL and writes to the same
+files, so the org, the emulator and the code cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ NAMESPACE = "http://soap.sforce.com/2006/04/metadata"
 _NS = {"md": NAMESPACE}
 # A wheel carries the objects inside the package (pyproject's force-include); a checkout or an
 # editable install reads them where the admin deploys them from.
-_PACKAGED = Path(__file__).resolve().parent / "salesforce_objects"
-_CHECKOUT = Path(__file__).resolve().parents[1] / "salesforce" / "force-app" / "main" / "default"
+_PACKAGED = Path(__file__).resolve().parent / "objects"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "salesforce" / "force-app" / "main" / "default"
 
 
 class MetadataError(Exception):

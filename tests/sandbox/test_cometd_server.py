@@ -13,10 +13,10 @@ import pytest
 import requests
 
 from sandbox import tls
-from sandbox.cometd import CometdServer
-from sandbox.eventbus import EventBus
 from sandbox.faults import FaultBook
-from sandbox.http import Server, wait_until
+from sandbox.http_server import Server, wait_until
+from sandbox.salesforce.cometd_server import CometdServer
+from sandbox.salesforce.eventbus import EventBus
 
 CHANNEL = "/event/OrderProvisionRequested__e"
 INVALID_TEXT = (

@@ -24,22 +24,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.phpform import PhpArray, as_list, truthy
+from sandbox.whmcs.phpform import PhpArray, as_list, truthy
 
 CYCLES = ("monthly", "quarterly", "semiannually", "annually", "biennially", "triennially")
-STORED_CYCLE = {
-    "monthly": "Monthly",
-    "quarterly": "Quarterly",
-    "semiannually": "Semi-Annually",
-    "annually": "Annually",
-    "biennially": "Biennially",
-    "triennially": "Triennially",
-    "onetime": "One Time",
-    "free": "Free Account",
-}
-SETUP_FEE = {"monthly": "msetupfee", "quarterly": "qsetupfee", "semiannually": "ssetupfee"}
-SETUP_FEE |= {"annually": "asetupfee", "biennially": "bsetupfee", "triennially": "tsetupfee"}
-SETUP_FEE |= {"onetime": "msetupfee"}
+# How WHMCS stores (and GetOrders shows) a cycle: Monthly, Semi-Annually, One Time...
+STORED_CYCLE = {c: c.capitalize() for c in CYCLES} | {"semiannually": "Semi-Annually"}
+STORED_CYCLE |= {"onetime": "One Time", "free": "Free Account"}
+SETUP_FEE = {c: f"{c[0]}setupfee" for c in CYCLES} | {"onetime": "msetupfee"}
 PRODUCT_TYPES = {
     "hostingaccount": "Shared Hosting",
     "reselleraccount": "Reseller Hosting",
@@ -302,9 +293,7 @@ class Billing:
         return reply
 
     def accept_order(self, p: PhpArray, ip: str) -> dict[str, Any]:
-        order = self.orders.get(php_int(p.get("orderid")))
-        if order is None or order["status"] != "Pending":
-            raise ActionError(NOT_PENDING)
+        order = self._order(p, pending=True)
         # Any optional parameter means the product's own auto-setup setting is ignored.
         explicit = any(name in p for name in ACCEPT_OPTIONS)
         autosetup = truthy(p.get("autosetup")) if explicit else None
@@ -331,29 +320,31 @@ class Billing:
         return {"result": "success"}
 
     def cancel_order(self, p: PhpArray, ip: str) -> dict[str, Any]:
-        order = self.orders.get(php_int(p.get("orderid")))
-        if order is None or order["status"] != "Pending":
-            raise ActionError(NOT_PENDING)
+        order = self._order(p, pending=True)
         self._set_status(order, "Cancelled")
         if order["invoiceid"] in self.invoices:
             self.invoices[order["invoiceid"]]["status"] = "Cancelled"
         return {"result": "success"}
 
     def pending_order(self, p: PhpArray, ip: str) -> dict[str, Any]:
-        order = self.orders.get(php_int(p.get("orderid")))
-        if order is None:
-            raise ActionError("Order ID not found")
+        order = self._order(p)
         self._set_status(order, "Pending")
         return {"result": "success", "orderid": order["id"]}
 
     def delete_order(self, p: PhpArray, ip: str) -> dict[str, Any]:
-        order = self.orders.get(php_int(p.get("orderid")))
-        if order is None:
-            raise ActionError("Order ID not found")
+        order = self._order(p)
         if order["status"] not in ("Cancelled", "Fraud"):
             raise ActionError("The order status must be in Cancelled or Fraud to be deleted")
         del self.orders[order["id"]]
         return {"result": "success"}
+
+    def _order(self, p: PhpArray, *, pending: bool = False) -> dict[str, Any]:
+        """The order `orderid` names, else WHMCS's error (actions on Pending orders only name
+        the status in it)."""
+        order = self.orders.get(php_int(p.get("orderid")))
+        if order is None or (pending and order["status"] != "Pending"):
+            raise ActionError(NOT_PENDING if pending else "Order ID not found")
+        return order
 
     # --- AddOrder internals ---
 

@@ -7,7 +7,6 @@ event carries an EventUuid, and a retention floor can be raised to act out the 7
 from __future__ import annotations
 
 import copy
-import datetime
 import random
 import threading
 import time
@@ -15,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from sandbox.salesforce.store import sf_datetime
 from shared.sfid import new_id
 
 MAX_STEP = 17  # replay ids advance by 1..MAX_STEP, so clients cannot do arithmetic on them
@@ -32,12 +32,13 @@ class EventBus:
         self,
         channels: tuple[str, ...] = ("/event/OrderProvisionRequested__e",),
         clock: Callable[[], float] = time.time,
+        publisher_id: str | None = None,
     ) -> None:
         self.channels = tuple(channels)
         self.clock = clock
         self._changed = threading.Condition()
         self._random = random.Random()
-        self._publisher_id = new_id("User")[:15]
+        self._publisher_id = publisher_id or new_id("User")[:15]  # the events' CreatedById
         self.reset()
 
     def reset(self) -> None:
@@ -58,7 +59,7 @@ class EventBus:
         sends a UUID)."""
         self._check(channel)
         body = {
-            "CreatedDate": self._created_date(),
+            "CreatedDate": sf_datetime(self.clock(), "Z"),
             "CreatedById": self._publisher_id,
             **payload,
         }
@@ -136,7 +137,3 @@ class EventBus:
     def _check(self, channel: str) -> None:
         if channel not in self._events:
             raise KeyError(f"unknown channel {channel}")
-
-    def _created_date(self) -> str:
-        moment = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

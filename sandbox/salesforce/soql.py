@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sandbox.sfschema import Field, SObject, sobject
+from sandbox.salesforce.schema import NUMBER_TYPES, TEXT_TYPES, Field, SObject, sobject
 from shared.sfid import is_valid_id, to18
 
 
@@ -86,22 +86,12 @@ _TOKENS = re.compile(
     |(?P<op>!=|<=|>=|=|<|>|,|\(|\))""",
     re.X | re.S,
 )
+_CONTROL = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}  # either case: \N is \n
 _ESCAPES = {
-    "n": "\n",
-    "N": "\n",
-    "r": "\r",
-    "R": "\r",
-    "t": "\t",
-    "T": "\t",
-    "b": "\b",
-    "B": "\b",
-    "f": "\f",
-    "F": "\f",
-    '"': '"',
-    "'": "'",
-    "\\": "\\",
-    "_": "\\_",  # LIKE escapes keep their backslash
-    "%": "\\%",
+    **_CONTROL,
+    **{k.upper(): v for k, v in _CONTROL.items()},
+    **{c: c for c in "\"'\\"},
+    **{c: "\\" + c for c in "_%"},  # LIKE escapes keep their backslash
 }
 
 
@@ -209,14 +199,11 @@ class _Parser:
 
     def query(self, nested: bool = False) -> Query:
         self.expect_keyword("SELECT")
-        items = [self.item(nested)]
-        while self.token.text == ",":
-            self.next()
-            items.append(self.item(nested))
+        items = self.listed(lambda: self.item(nested))
         self.expect_keyword("FROM")
         source = self.path()  # "Order" is a keyword and an object name: no reserved words here
         where = self.where() if self.keyword("WHERE") else ()
-        order = self.order_by() if self.keyword("ORDER", "BY") else ()
+        order = tuple(self.listed(self.order_key)) if self.keyword("ORDER", "BY") else ()
         limit = self.limit() if self.keyword("LIMIT") else None
         return Query(tuple(items), source, where, order, limit)
 
@@ -240,10 +227,7 @@ class _Parser:
         path = self.path(_RESERVED)
         if self.keyword("IN"):
             self.expect_op("(")
-            values = [self.literal()]
-            while self.token.text == ",":
-                self.next()
-                values.append(self.literal())
+            values = self.listed(self.literal)
             self.expect_op(")")
             return Condition(path, "IN", tuple(values))
         if self.token.kind != "op" or self.token.text not in _COMPARISONS:
@@ -267,12 +251,13 @@ class _Parser:
         self.i -= 1
         raise self.fail()
 
-    def order_by(self) -> tuple[tuple[Path, bool], ...]:
-        keys = [self.order_key()]
+    def listed(self, parse: Callable[[], Any]) -> list[Any]:
+        """One or more `parse`d items, separated by commas."""
+        items = [parse()]
         while self.token.text == ",":
             self.next()
-            keys.append(self.order_key())
-        return tuple(keys)
+            items.append(parse())
+        return items
 
     def order_key(self) -> tuple[Path, bool]:
         path = self.path(_RESERVED)
@@ -309,22 +294,25 @@ class Resolved:
     field: Field
 
 
-def _no_such_column(text: str, pos: int, name: str, entity: str) -> SoqlError:
-    return SoqlError(
-        "INVALID_FIELD",
-        f"{_where(text, pos)}No such column '{name}' on entity '{entity}'. If you are attempting "
-        "to use a custom field, be sure to append the '__c' after the custom field name. Please "
-        "reference your WSDL or the describe call for the appropriate names.",
+def _custom_hint(kind: str, suffix: str, after: str = "") -> str:
+    """The advice closing Salesforce's unknown-name errors."""
+    return (
+        f"If you are attempting to use a custom {kind}, be sure to append the '{suffix}' after "
+        f"the {after or 'custom ' + kind} name. Please reference your WSDL or the describe call "
+        "for the appropriate names."
     )
 
 
-def _bad_relationship(text: str, pos: int, name: str) -> SoqlError:
+def _no_such_column(text: str, pos: int, name: str, entity: str) -> SoqlError:
+    message = f"No such column '{name}' on entity '{entity}'. {_custom_hint('field', '__c')}"
+    return SoqlError("INVALID_FIELD", _where(text, pos) + message)
+
+
+def _bad_relationship(text: str, pos: int, name: str, part: str = "field path") -> SoqlError:
+    hint = _custom_hint("relationship", "__r")
     return SoqlError(
         "INVALID_FIELD",
-        f"{_where(text, pos)}Didn't understand relationship '{name}' in field path. If you are "
-        "attempting to use a custom relationship, be sure to append the '__r' after the custom "
-        "relationship name. Please reference your WSDL or the describe call for the appropriate "
-        "names.",
+        f"{_where(text, pos)}Didn't understand relationship '{name}' in {part}. {hint}",
     )
 
 
@@ -347,12 +335,9 @@ def resolve(text: str, path: Path, root: SObject) -> Resolved:
 def _object(text: str, path: Path) -> SObject:
     found = sobject(path.text)
     if found is None:
-        raise SoqlError(
-            "INVALID_TYPE",
-            f"{_where(text, path.pos)}sObject type '{path.text}' is not supported. If you are "
-            "attempting to use a custom object, be sure to append the '__c' after the entity "
-            "name. Please reference your WSDL or the describe call for the appropriate names.",
-        )
+        hint = _custom_hint("object", "__c", "entity")
+        message = f"sObject type '{path.text}' is not supported. {hint}"
+        raise SoqlError("INVALID_TYPE", _where(text, path.pos) + message)
     return found
 
 
@@ -360,30 +345,20 @@ def _child(text: str, path: Path, parent: SObject) -> tuple[str, SObject, str]:
     found = parent.child(path.text)
     target = sobject(found[1]) if found else None
     if found is None or target is None:
-        raise SoqlError(
-            "INVALID_TYPE",
-            f"{_where(text, path.pos)}Didn't understand relationship '{path.text}' in FROM part "
-            "of query call. If you are attempting to use a custom relationship, be sure to append "
-            "the '__r' after the custom relationship name. Please reference your WSDL or the "
-            "describe call for the appropriate names.",
-        )
+        bad = _bad_relationship(text, path.pos, path.text, "FROM part of query call")
+        raise SoqlError("INVALID_TYPE", bad.message)
     return found[0], target, found[2]
 
 
 # --- filters --------------------------------------------------------------------------------
 
-_LITERAL_FOR_TYPE = {  # field type -> (literal kind it takes, type word in the error text)
+# field type -> (literal kind it takes, type word in the error text)
+_LITERAL_FOR_TYPE = {
     "id": ("string", "id"),
     "reference": ("string", "id"),
-    "string": ("string", "string"),
-    "picklist": ("string", "string"),
-    "textarea": ("string", "string"),
-    "double": ("number", "double"),
-    "currency": ("number", "currency"),
-    "int": ("number", "int"),
-    "boolean": ("boolean", "boolean"),
-    "date": ("date", "date"),
-    "datetime": ("datetime", "datetime"),
+    **{t: ("string", "string") for t in TEXT_TYPES},
+    **{t: ("number", t) for t in NUMBER_TYPES},
+    **{t: (t, t) for t in ("boolean", "date", "datetime")},
 }
 
 
@@ -413,9 +388,9 @@ def comparable(field: Field, value: Any) -> Any:
     """Text compares case-insensitively in SOQL; ids and numbers exactly."""
     if value is None:
         return None
-    if field.type in ("string", "picklist", "textarea"):
+    if field.type in TEXT_TYPES:
         return str(value).casefold()
-    if field.type in ("double", "currency", "int"):
+    if field.type in NUMBER_TYPES:
         return float(value)
     if field.type == "datetime" and isinstance(value, str):
         return parse_datetime(value)
@@ -441,15 +416,17 @@ def _matches(op: str, actual: Any, wanted: list[Any]) -> bool:
 # --- evaluation -----------------------------------------------------------------------------
 
 
+def attributes(sobject_name: str, record_id: str, version: str) -> dict[str, str]:
+    """The `attributes` of a record in a REST reply."""
+    url = f"/services/data/v{version}/sobjects/{sobject_name}/{record_id}"
+    return {"type": sobject_name, "url": url}
+
+
 class _Run:
     def __init__(self, text: str, source: Source, version: str) -> None:
         self.text = text
         self.source = source
         self.version = version
-
-    def attributes(self, sobject_name: str, record_id: str) -> dict[str, str]:
-        url = f"/services/data/v{self.version}/sobjects/{sobject_name}/{record_id}"
-        return {"type": sobject_name, "url": url}
 
     def follow(self, record: dict[str, Any] | None, resolved: Resolved) -> Any:
         for _, target, ref in resolved.hops:
@@ -493,7 +470,7 @@ class _Run:
         return chosen if query.limit is None else chosen[: query.limit]
 
     def shape(self, root: SObject, query: Query, record: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"attributes": self.attributes(root.name, record["Id"])}
+        out: dict[str, Any] = {"attributes": attributes(root.name, record["Id"], self.version)}
         for item in query.items:
             if isinstance(item, Query):
                 name, value = self.subquery(root, item, record)
@@ -512,7 +489,7 @@ class _Run:
                 node.setdefault(relationship, None)
                 return
             if node.get(relationship) is None:
-                node[relationship] = {"attributes": self.attributes(target, record["Id"])}
+                node[relationship] = {"attributes": attributes(target, record["Id"], self.version)}
             node = node[relationship]
         node[resolved.field.name] = record.get(resolved.field.name) if record else None
 

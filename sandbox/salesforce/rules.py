@@ -12,11 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.sfschema import Field, SObject
+from sandbox.salesforce.schema import NUMBER_TYPES, TEXT_TYPES, Field, SObject
 from shared.sfid import KEY_PREFIXES, is_valid_id, to18
 
-TEXT_TYPES = ("string", "textarea", "picklist")
-NUMBER_TYPES = ("double", "currency", "int")
 # How Jackson (Salesforce's JSON reader) names a JSON value it cannot turn into a field value.
 JSON_TOKENS = {dict: "START_OBJECT", list: "START_ARRAY", str: "VALUE_STRING", bool: "VALUE_TRUE"}
 
@@ -32,9 +30,9 @@ class Problem:
 
 
 class _Bad(Exception):
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
+    def __init__(self, code: str, message: str, field: Field | None = None) -> None:
+        super().__init__(message)
+        self.problem = Problem(code, message, (field.name,) if field else ())
 
 
 def utf16_length(text: str) -> int:
@@ -46,11 +44,9 @@ def _cannot_read(type_word: str, value: Any) -> _Bad:
     token = JSON_TOKENS.get(type(value), "VALUE_NUMBER_INT")
     shown = "{" if token == "START_OBJECT" else "[" if token == "START_ARRAY" else value
     return _Bad(
-        Problem(
-            "JSON_PARSER_ERROR",
-            f"Cannot deserialize instance of {type_word} from {token} value {shown} "
-            "or request may be missing a required field",
-        )
+        "JSON_PARSER_ERROR",
+        f"Cannot deserialize instance of {type_word} from {token} value {shown} "
+        "or request may be missing a required field",
     )
 
 
@@ -59,21 +55,11 @@ def _text(field: Field, value: Any) -> str:
         raise _cannot_read("string", value)
     text = json.dumps(value) if isinstance(value, bool) else str(value)
     if field.type == "picklist" and field.restricted and text not in field.picklist:
-        raise _Bad(
-            Problem(
-                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                f"{field.label}: bad value for restricted picklist field: {text}",
-                (field.name,),
-            )
-        )
+        message = f"{field.label}: bad value for restricted picklist field: {text}"
+        raise _Bad("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", message, field)
     if field.length and utf16_length(text) > field.length:
-        raise _Bad(
-            Problem(
-                "STRING_TOO_LONG",
-                f"{field.label}: data value too large: {text} (max length={field.length})",
-                (field.name,),
-            )
-        )
+        message = f"{field.label}: data value too large: {text} (max length={field.length})"
+        raise _Bad("STRING_TOO_LONG", message, field)
     return text
 
 
@@ -85,13 +71,8 @@ def _number(field: Field, value: Any) -> float:
     except ValueError:
         raise _cannot_read(field.type, value) from None
     if field.precision and abs(number) >= 10 ** (field.precision - field.scale):
-        raise _Bad(
-            Problem(
-                "NUMBER_OUTSIDE_VALID_RANGE",
-                f"{field.label}: value outside of valid range on numeric field: {value}",
-                (field.name,),
-            )
-        )
+        message = f"{field.label}: value outside of valid range on numeric field: {value}"
+        raise _Bad("NUMBER_OUTSIDE_VALID_RANGE", message, field)
     return number
 
 
@@ -108,22 +89,17 @@ def _date(field: Field, value: Any) -> str:
         return datetime.date.fromisoformat(value).isoformat()
     except (TypeError, ValueError):
         raise _Bad(
-            Problem(
-                "JSON_PARSER_ERROR",
-                f'Cannot deserialize value of type `java.util.Date` from String "{value}": '
-                "expected format yyyy-MM-dd",
-            )
+            "JSON_PARSER_ERROR",
+            f'Cannot deserialize value of type `java.util.Date` from String "{value}": '
+            "expected format yyyy-MM-dd",
         ) from None
 
 
 def _reference(field: Field, value: Any) -> str:
     prefix = KEY_PREFIXES.get(field.reference_to, "")
     if not is_valid_id(value) or not str(value).startswith(prefix):
-        raise _Bad(
-            Problem(
-                "MALFORMED_ID", f"{field.label}: id value of incorrect type: {value}", (field.name,)
-            )
-        )
+        message = f"{field.label}: id value of incorrect type: {value}"
+        raise _Bad("MALFORMED_ID", message, field)
     return to18(value)
 
 
@@ -140,13 +116,8 @@ def check_value(field: Field, value: Any) -> Any:
     """The value as stored, or `_Bad` with Salesforce's error for it."""
     if value is None:
         if not field.nillable:
-            raise _Bad(
-                Problem(
-                    "REQUIRED_FIELD_MISSING",
-                    f"Required fields are missing: [{field.name}]",
-                    (field.name,),
-                )
-            )
+            message = f"Required fields are missing: [{field.name}]"
+            raise _Bad("REQUIRED_FIELD_MISSING", message, field)
         return None
     return _CONVERTERS[field.type](field, value)
 

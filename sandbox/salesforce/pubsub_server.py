@@ -36,9 +36,9 @@ from typing import Any
 import fastavro
 import grpc
 
-from sandbox.eventbus import EventBus
 from sandbox.faults import FaultBook
-from sandbox.sftoken import Tokens
+from sandbox.salesforce.eventbus import EventBus
+from sandbox.salesforce.oauth import Tokens
 from shared import pubsub_api_pb2 as pb
 from shared import pubsub_api_pb2_grpc as pb_grpc
 

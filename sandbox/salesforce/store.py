@@ -11,22 +11,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox.sfschema import OBJECTS
+from sandbox.salesforce.schema import OBJECTS
 from shared.sfid import is_valid_id, new_id, to18
 
 ORDER_NUMBER_START = 100
 ITEM_NUMBER_START = 200
 
 
-def sf_datetime(epoch: float) -> str:
-    """REST datetimes: milliseconds and `+0000` (events use `Z`)."""
+def sf_datetime(epoch: float, zone: str = "+0000") -> str:
+    """REST datetimes: milliseconds and `+0000` (platform events use `Z`)."""
     moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
-
-
-def event_datetime(epoch: float) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}{zone}"
 
 
 def normalise_id(value: Any) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from sandbox.phpform import as_list, parse, parse_multipart, split_name, truthy
+from sandbox.whmcs.phpform import as_list, parse, parse_multipart, split_name, truthy
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import requests
 
 from sandbox import tls
 from sandbox.faults import FaultBook
-from sandbox.http import Server, wait_until
-from sandbox.whmcs import API_PATH, WhmcsEmulator
+from sandbox.http_server import Server, wait_until
+from sandbox.whmcs.emulator import API_PATH, WhmcsEmulator
 from tests.whmcs_support import ACCESS_KEY, IDENTIFIER, SECRET, Running, running_whmcs
 
 AUTH = {"identifier": IDENTIFIER, "secret": SECRET}

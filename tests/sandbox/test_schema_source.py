@@ -7,20 +7,26 @@ import shutil
 
 import pytest
 
-from sandbox import sfmetadata, sfrules
-from sandbox.sfschema import DESCRIBE_TYPES, EVENT_NAME, EVENT_OBJECT, OBJECTS, from_metadata
+from sandbox.salesforce import metadata, rules
+from sandbox.salesforce.schema import (
+    DESCRIBE_TYPES,
+    EVENT_NAME,
+    EVENT_OBJECT,
+    OBJECTS,
+    from_metadata,
+)
 from tests import salesforce_source as src
 
-CUSTOM = [f for fields in sfmetadata.custom_fields().values() for f in fields]
+CUSTOM = [f for fields in metadata.custom_fields().values() for f in fields]
 
 
-def emulated(custom: sfmetadata.CustomField):
+def emulated(custom: metadata.CustomField):
     owner = EVENT_OBJECT if custom.sobject == EVENT_NAME else OBJECTS[custom.sobject]
     return owner, owner.field(custom.name)
 
 
 def test_the_emulator_reads_the_deployed_source():
-    assert sfmetadata.objects_dir() == src.SOURCE / "objects"
+    assert metadata.objects_dir() == src.SOURCE / "objects"
     assert {f.name for f in CUSTOM} >= {"Activation_Status__c", "OrderId__c", "Billing_Cycle__c"}
 
 
@@ -45,7 +51,7 @@ def test_writes_are_checked_against_the_deployed_definition(custom):
     owner, _ = emulated(custom)
 
     def write(value):
-        return sfrules.check_write(owner, {custom.name: value}, lambda f: True)
+        return rules.check_write(owner, {custom.name: value}, lambda f: True)
 
     if custom.values:
         assert write(custom.values[-1]) == ({custom.name: custom.values[-1]}, [])
@@ -69,14 +75,14 @@ def test_a_changed_definition_changes_what_the_emulator_accepts(tmp_path):
     path = objects / "Order/fields/Activation_Error_Message__c.field-meta.xml"
     path.write_text(path.read_text().replace("<length>255</length>", "<length>100</length>"))
     changed = next(
-        f for f in sfmetadata.custom_fields(objects)["Order"] if f.name == path.name.split(".")[0]
+        f for f in metadata.custom_fields(objects)["Order"] if f.name == path.name.split(".")[0]
     )
     assert from_metadata(changed).length == 100
 
 
 def test_a_field_type_the_emulator_cannot_describe_is_refused():
-    bad = sfmetadata.CustomField("Order", "Geo__c", "Location", "Geo")
-    with pytest.raises(sfmetadata.MetadataError, match="no describe type for Location"):
+    bad = metadata.CustomField("Order", "Geo__c", "Location", "Geo")
+    with pytest.raises(metadata.MetadataError, match="no describe type for Location"):
         from_metadata(bad)
 
 
@@ -84,5 +90,5 @@ def test_a_file_whose_full_name_differs_from_its_name_is_refused(tmp_path):
     source = src.SOURCE / "objects/Order/fields/WHMCS_Order_ID__c.field-meta.xml"
     renamed = tmp_path / "WHMCS_Order_Number__c.field-meta.xml"
     renamed.write_text(source.read_text())
-    with pytest.raises(sfmetadata.MetadataError, match="does not match the file name"):
-        sfmetadata.read_field("Order", renamed)
+    with pytest.raises(metadata.MetadataError, match="does not match the file name"):
+        metadata.read_field("Order", renamed)

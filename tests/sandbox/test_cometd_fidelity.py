@@ -12,11 +12,11 @@ from aiocometd_ng import Client
 from aiocometd_ng.extensions import AuthExtension, Extension
 
 from sandbox import tls
-from sandbox.cometd import CometdServer
-from sandbox.eventbus import EventBus
 from sandbox.faults import FaultBook
 from sandbox.fixtures import standard_document
-from sandbox.http import Server
+from sandbox.http_server import Server
+from sandbox.salesforce.cometd_server import CometdServer
+from sandbox.salesforce.eventbus import EventBus
 from shared.sfauth import TokenProvider
 
 CHANNEL = "/event/OrderProvisionRequested__e"

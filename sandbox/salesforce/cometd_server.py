@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from sandbox.eventbus import EventBus
 from sandbox.faults import Fault, FaultBook
-from sandbox.http import Drop, Hang, Request, Response
+from sandbox.http_server import Drop, Hang, Request, Response
+from sandbox.salesforce.eventbus import EventBus
 
 MIN_VERSION = 37.0
 MAX_BODY = 32_768
@@ -48,6 +48,10 @@ REPLAY_NOT_IN_MAP = (
 NO_SUCH_CHANNEL = "400::The channel you requested to subscribe to doesn't exist {{{}}}"
 NO_LEADING_SLASH = "400::Channel subscriptions must start with a leading '/'"
 NO_COOKIE = "400::Client {} has established a session, but no " + BROWSER_COOKIE + " cookie present"
+# The advice's `reconnect` with a refusal: a new handshake helps an unknown client, nothing helps
+# a bad token.
+REFUSAL_ADVICE = {UNKNOWN_CLIENT: "handshake", AUTH_INVALID: "none", AUTH_REQUIRED: "none"}
+FAULT_REFUSALS = {"unknown_client": UNKNOWN_CLIENT, "auth_invalid": AUTH_INVALID}
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -119,8 +123,6 @@ class CometdServer:
         timeout: float = 110.0,
         reconnect_timeout: float = 40.0,
         max_batch: int = 100,
-        require_cookie: bool = True,
-        secure_cookie: bool = True,
     ) -> None:
         self.bus = bus
         self.faults = faults
@@ -128,8 +130,6 @@ class CometdServer:
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         self.max_batch = max_batch
-        self.require_cookie = require_cookie
-        self.secure_cookie = secure_cookie
         self._lock = threading.Lock()
         self.reset()
 
@@ -206,11 +206,7 @@ class CometdServer:
         return handler(ex, message, fault)
 
     def _fault(self, channel: str) -> Fault | None:
-        target = "cometd." + channel.rsplit("/", 1)[1]
-        delay = self.faults.latency(target)
-        if delay:
-            time.sleep(delay)
-        fault = self.faults.take(target)
+        fault = self.faults.on_call("cometd." + channel.rsplit("/", 1)[1])
         if fault is None:
             return None
         if fault.kind == "hang":
@@ -249,7 +245,7 @@ class CometdServer:
                 client.last_seen = time.monotonic()
         if client is None:
             return None, UNKNOWN_CLIENT
-        if self.require_cookie and BROWSER_COOKIE not in ex.request.cookies:
+        if BROWSER_COOKIE not in ex.request.cookies:
             return None, NO_COOKIE.format(client.id)
         if ex.token is None:
             return None, AUTH_REQUIRED
@@ -272,23 +268,17 @@ class CometdServer:
                 del self._clients[client_id]
 
     def _refusal(self, message: dict[str, Any], error: str) -> dict[str, Any]:
-        if error == UNKNOWN_CLIENT:
-            return self._reply(
-                message, error=error, advice={"reconnect": "handshake", "interval": 0}
-            )
-        if error in (AUTH_INVALID, AUTH_REQUIRED):
-            return self._reply(message, error=error, advice={"reconnect": "none", "interval": 0})
-        return self._reply(message, error=error)
+        reconnect = REFUSAL_ADVICE.get(error)
+        if reconnect is None:
+            return self._reply(message, error=error)
+        return self._reply(message, error=error, advice={"reconnect": reconnect, "interval": 0})
 
     def _generic_fault(self, message: dict[str, Any], fault: Fault | None) -> dict[str, Any] | None:
         if fault is None:
             return None
-        if fault.kind == "unknown_client":
+        if fault.kind in FAULT_REFUSALS:
             self._forget(str(message.get("clientId", "")))
-            return self._refusal(message, UNKNOWN_CLIENT)
-        if fault.kind == "auth_invalid":
-            self._forget(str(message.get("clientId", "")))
-            return self._refusal(message, AUTH_INVALID)
+            return self._refusal(message, FAULT_REFUSALS[fault.kind])
         if fault.kind == "error":  # any other refusal, e.g. a transient SERVER_UNAVAILABLE
             params = fault.params
             reply = self._reply(
@@ -314,9 +304,8 @@ class CometdServer:
             return self._refusal(message, UNKNOWN_CLIENT)
         if ex.token is None:
             return self._refusal(message, AUTH_REQUIRED)
-        if (fault is not None and fault.kind == "auth_invalid") or not self.is_token_valid(
-            ex.token
-        ):
+        refused = fault is not None and fault.kind == "auth_invalid"
+        if refused or not self.is_token_valid(ex.token):
             return self._reply(
                 message,
                 error=HANDSHAKE_DENIED,
@@ -344,8 +333,7 @@ class CometdServer:
         if existing:
             return existing
         browser = _new_id(24)
-        secure = "; Secure" if self.secure_cookie else ""
-        ex.headers.append(("Set-Cookie", f"{BROWSER_COOKIE}={browser}; Path=/; HttpOnly{secure}"))
+        ex.headers.append(("Set-Cookie", f"{BROWSER_COOKIE}={browser}; Path=/; HttpOnly; Secure"))
         return browser
 
     def _connect(

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import soql
-from sandbox.fixtures import SalesforceLoader
-from sandbox.sfstore import Store
+from sandbox.salesforce import soql
+from sandbox.salesforce.loader import SalesforceLoader
+from sandbox.salesforce.store import Store
 from shared.sfid import new_id
 
 PRICEBOOK = new_id("Pricebook2")
