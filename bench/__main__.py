@@ -23,7 +23,14 @@ from bench import (
     transports,
     workers,
 )
-from bench.harness import BenchError, Measurement, Run, Skipped, claim_database, reset_database
+from bench.harness import (
+    BenchError,
+    Measurement,
+    Run,
+    Skipped,
+    claim_bench_database,
+    reset_database,
+)
 from bench.results import RESULTS_DIR, document, machine, markdown, write
 from shared.logs import configure_logging
 
@@ -59,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = Run(args.redis_url, args.database_url, args.quick, Path(scratch), command)
         conn = run.redis()
         try:
-            claim_database(conn)
+            claim_bench_database(run.redis_url)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 2

@@ -12,9 +12,10 @@ from typing import Any
 
 import redis
 
+from provisioner.kit.database import claim_database, empty_database
 from shared.connections import redis_client
 
-# A key the bench leaves in its database, so a later run knows it may flush that database
+# A key the bench leaves in its database (its pid), so a later run knows it may flush that database
 # (and refuses to flush one that holds anything else).
 MARKER_KEY = "bench:owned"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -135,19 +136,17 @@ class Run:
             self.closers.pop()()
 
 
-def claim_database(conn: redis.Redis) -> None:
-    """Empty the bench database, refusing one that holds keys the bench did not write."""
-    if conn.dbsize() and not conn.exists(MARKER_KEY):
+def claim_bench_database(url: str) -> None:
+    """Empty the bench database, refusing one that holds keys no bench wrote."""
+    if not claim_database(url, MARKER_KEY):
         raise BenchError(
             "the bench Redis database is not empty and was not written by the bench; "
             "point --redis-url at an unused database number"
         )
-    reset_database(conn)
 
 
 def reset_database(conn: redis.Redis) -> None:
-    conn.flushdb()
-    conn.set(MARKER_KEY, "1")
+    empty_database(conn, MARKER_KEY)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
