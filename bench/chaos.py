@@ -28,7 +28,7 @@ import redis
 from bench import chaos_check, chaos_report, chaos_state
 from bench.chaos_faults import BY_KEY, plan
 from bench.chaos_inject import FireLog, Injection, Injector, MintLog, Timeline
-from bench.chaos_rig import Rig, Tuning, worker_class
+from bench.chaos_rig import ChaosStack, Tuning, worker_class
 from bench.results import RESULTS_DIR
 from shared import keys
 from shared.queueing import provisioning_queue
@@ -68,7 +68,7 @@ def say(text: str) -> None:
 
 
 class Chaos:
-    def __init__(self, rig: Rig, size: Size, seed: int, clock: Clock, command: str) -> None:
+    def __init__(self, rig: ChaosStack, size: Size, seed: int, clock: Clock, command: str) -> None:
         self.rig = rig
         self.size = size
         self.seed = seed
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"seed {seed} (reproduce the schedule with --seed {seed})")
     work_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     clock = Clock()
-    rig = Rig(work_dir, args.database_url, Tuning(transport=args.transport), clock)
+    rig = ChaosStack(work_dir, args.database_url, Tuning(transport=args.transport), clock)
     try:
         text, passed = Chaos(rig, size, seed, clock, command).run()
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 from bench.chaos_check import Check, World, outcome
 from bench.chaos_faults import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
 from bench.chaos_inject import Injection
-from bench.chaos_procs import Restart
+from provisioner.kit.supervisor import Restart
 
 # CometD faults strike a connect; orders approved around it rode on the faulted exchange or on
 # the re-handshake after it.
