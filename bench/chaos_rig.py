@@ -15,6 +15,7 @@ from provisioner.kit.private_redis import RedisServer
 from provisioner.kit.stack import Stack
 from provisioner.kit.supervisor import Supervisor
 from sandbox.fixtures import standard_document, whmcs_client
+from sandbox.http import wait_until
 from worker.reaper import detection_bound, detection_bound_before_lease
 
 COMETD_TIMEOUT = 10.0  # seconds the sandbox holds a long-poll (Salesforce: 110)
@@ -105,6 +106,10 @@ class ChaosStack(Stack):
             batch = {"salesforce": {"orders": order_docs[start : start + LOAD_BATCH]}}
             ids.update(self.admin.load(batch)["refs"])
         return [ids[ref] for ref in refs]
+
+    def wait_subscribed(self, timeout: float = 60.0) -> bool:
+        """LATEST from no stored id starts at the tip: approve nothing before it is connected."""
+        return wait_until(self.subscribed, timeout, 0.1)
 
     def start_services(self, workers: int) -> None:
         for n in range(1, workers + 1):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ class BenchError(Exception):
 
 
 class Skipped(Exception):
-    """A measurement cannot run yet (a piece it measures is missing); the message says which."""
+    """A measurement cannot run (what it needs is missing); the message says which."""
 
 
 @dataclass(frozen=True)
@@ -168,15 +167,3 @@ def _round(value: float) -> float:
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
-
-
-def need(module: str, *names: str) -> Any:
-    """Import a piece under measurement, or skip the measurement saying what is missing."""
-    try:
-        imported = importlib.import_module(module)
-    except ImportError as exc:
-        raise Skipped(f"{module} is not importable yet ({exc})") from exc
-    missing = [name for name in names if not hasattr(imported, name)]
-    if missing:
-        raise Skipped(f"{module} has no {', '.join(missing)} yet")
-    return imported

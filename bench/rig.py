@@ -19,12 +19,11 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import select
 
 from bench import rqjobs
-from bench.harness import REPO_ROOT, BenchError, Run, need
+from bench.harness import REPO_ROOT, BenchError, Run
 from provisioner.kit.database import Database
-from provisioner.kit.stack import QUEUE, Stack
+from provisioner.kit.stack import QUEUE, NotReady, Stack
 from provisioner.kit.supervisor import Child, Supervisor, stop_together
 from sandbox.fixtures import standard_document
-from sandbox.http import wait_until
 from shared import db
 from shared.queueing import job_id_for
 
@@ -77,8 +76,6 @@ class Rig:
 
     @classmethod
     def start(cls, run: Run) -> Rig:
-        for module in ("subscriber.main", "worker.main", "worker.jobs"):
-            need(module)
         settings = {"APP_ENV": "bench", "LOG_LEVEL": "INFO", "PROVISION_QUEUE": QUEUE}
         settings["SF_EVENTS_REPLAY"] = "LATEST"
         supervisor = Supervisor(os.environ, log_dir=run.work_dir, cwd=REPO_ROOT)
@@ -141,19 +138,23 @@ class Rig:
     def start_subscriber(self, **extra: str) -> Child:
         """`extra`: environment on top of the rig's (SF_EVENTS_TRANSPORT=pubsub)."""
         proc = self.stack.start_subscriber(self._name("subscriber"), **extra)
-        if not self.stack.wait_subscribed(30):
-            proc.stop()
-            raise BenchError(f"the subscriber did not connect; log tail:\n{proc.tail()}")
+        self._ready([proc], {"the subscriber": self.stack.subscribed}, 30)
         return proc
 
     def start_workers(self, count: int, worker_class: str = "simple") -> list[Child]:
         """`count` idle `python -m worker` processes, registered with RQ, waiting for jobs."""
-        before = Worker.count(connection=self.conn, queue=self.queue)
+        expected = Worker.count(connection=self.conn, queue=self.queue) + count
         procs = [self.stack.start_worker(self._name("worker"), worker_class) for _ in range(count)]
-        if not wait_until(lambda: self.stack.idle_workers() >= before + count, 30 + 5 * count):
-            stop_together(procs)
-            raise BenchError(f"workers did not come up; log tail:\n{procs[0].tail()}")
+        ready = {f"{count} workers": lambda: self.stack.idle_workers() >= expected}
+        self._ready(procs, ready, 30 + 5 * count)
         return procs
+
+    def _ready(self, procs: list[Child], checks: dict[str, Any], timeout: float) -> None:
+        try:
+            self.stack.wait_ready(checks, timeout)
+        except NotReady:
+            stop_together(procs)
+            raise
 
     def _name(self, service: str) -> str:
         self._procs += 1

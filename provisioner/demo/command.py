@@ -19,9 +19,7 @@ import shutil
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +31,7 @@ from provisioner.demo.plan import WHMCS_DOWN, PlannedOrder, outcome_from_record,
 from provisioner.demo.view import Progress, Row, retry_hints, summary_table, verdict_line
 from provisioner.kit.database import Database, release_database
 from provisioner.kit.private_redis import PrivateRedisError, configured_or_private
-from provisioner.kit.stack import Stack
+from provisioner.kit.stack import NotReady, Stack
 from provisioner.kit.supervisor import Supervisor, free_port, kill_leftovers
 from sandbox.client import SandboxAdminError
 from shared.config import Settings
@@ -113,6 +111,7 @@ class Demo:
         self.stack = Stack(workdir, supervisor, {"APP_ENV": "demo"})
         self.plan = demo_plan.plan_orders(args.orders)
         self.urls: dict[str, str] = {}
+        self.port = 0  # the health app's
         self.refs: dict[str, str] = {}
         self.customers = {c.ref: c.name for c in demo_plan.CUSTOMERS}
         self.progress = Progress(out)
@@ -141,7 +140,7 @@ class Demo:
         except (SandboxAdminError, requests.RequestException) as exc:
             self.say(f"\ndemo failed: the sandbox: {exc}\nlog file: {self.log_path}")
             return EXIT_FAILED
-        except (DemoError, PrivateRedisError) as exc:
+        except (DemoError, PrivateRedisError, NotReady) as exc:
             self.say(f"\ndemo failed: {exc}\nlog file: {self.log_path}")
             return EXIT_FAILED
         finally:
@@ -211,7 +210,7 @@ class Demo:
         return env
 
     def start_services(self) -> None:
-        port = free_port()
+        self.port = port = free_port()
         self.stack.start_health(port)
         self.urls["health"] = f"http://127.0.0.1:{port}/health"
         password = self.stack.settings.get("RQ_DASHBOARD_PASSWORD")
@@ -226,30 +225,12 @@ class Demo:
         self.say(f"events:   over {TRANSPORTS[self.args.transport]}")
 
     def wait_until_ready(self) -> None:
-        checks: dict[str, Callable[[], bool]] = {
-            "health app": lambda: _http_answers(self.urls["health"]),
-            f"{WORKERS} workers": self.workers_ready,
+        checks = {
+            "health app": lambda: self.stack.health_answers(self.port),
+            f"{WORKERS} workers": lambda: self.stack.idle_workers() >= WORKERS,
             "subscriber": self.stack.subscribed,
         }
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while checks:
-            self.check_children()
-            checks = {name: ok for name, ok in checks.items() if not ok()}
-            if checks and time.monotonic() > deadline:
-                raise DemoError(f"not ready after {STARTUP_TIMEOUT:.0f}s: {', '.join(checks)}")
-            time.sleep(POLL_INTERVAL)
-
-    def workers_ready(self) -> bool:
-        return self.stack.idle_workers() >= WORKERS
-
-    def check_children(self) -> None:
-        dead = self.stack.supervisor.dead()
-        if dead:
-            names = ", ".join(f"{c.name} (exit {c.returncode})" for c in dead)
-            raise DemoError(f"{names} stopped unexpectedly; last lines:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        self.stack.wait_ready(checks, STARTUP_TIMEOUT)
 
     def where_to_look(self) -> str:
         if "rq-dashboard" not in self.urls:
@@ -298,7 +279,7 @@ class Demo:
     def watch(self, orders: list[PlannedOrder], deadline: float) -> None:
         waiting = {o.ref for o in orders}
         while True:
-            self.check_children()
+            self.stack.check_alive()
             rows = self.rows()
             self.progress.update(rows, time.monotonic() - self.began)
             waiting -= {r.planned.ref for r in rows if r.outcome.final}
@@ -365,16 +346,6 @@ class Demo:
 
 def _expected(row: Row) -> bool:
     return demo_plan.as_expected(row.planned.scenario, row.outcome)
-
-
-def _http_answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0):
-            return True
-    except urllib.error.HTTPError:
-        return True  # it answered; unhealthy is fine while things start
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _positive(value: str) -> int:

@@ -129,6 +129,13 @@ class RedisServer:
         time.sleep(down_for)
         self.start()
 
+    def crash(self, down_for: float) -> None:
+        """kill -9 (a host or container crash): nothing is flushed, so an append-only file loses
+        up to its last second of writes; then start on the same data dir and port."""
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
     def kill(self) -> None:
         """kill -9, as a node loss would."""
         if self.child is not None:

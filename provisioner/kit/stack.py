@@ -8,6 +8,9 @@ whatever the stack started or was given (newest first).
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,15 @@ from provisioner.kit.database import Database
 from provisioner.kit.supervisor import Argv, Child, Supervisor, python_module
 from sandbox.app import Sandbox
 from sandbox.client import SandboxAdmin
-from sandbox.http import wait_until
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import redis_client
 
 QUEUE = "provisioning"
+
+
+class NotReady(RuntimeError):
+    """A service died, or did not get ready in time; the message says which, with a log tail."""
 
 
 class Stack:
@@ -107,15 +113,32 @@ class Stack:
 
     # --- readiness ---------------------------------------------------------------------------
 
+    def wait_ready(self, checks: Mapping[str, Callable[[], bool]], timeout: float) -> None:
+        """Until every check holds; NotReady as soon as a service dies, or at the timeout."""
+        waiting = dict(checks)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            waiting = {name: ok for name, ok in waiting.items() if not ok()}
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                tail = self.supervisor.children[-1].tail()
+                raise NotReady(f"not ready after {timeout:.0f}s: {', '.join(waiting)}\n{tail}")
+            time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        dead = self.supervisor.dead()
+        if dead:
+            names = ", ".join(f"{c.name} (exit {c.returncode})" for c in dead)
+            raise NotReady(f"{names} stopped unexpectedly; last lines:\n{dead[0].tail()}")
+
     def subscribed(self) -> bool:
         conn = self.conn()
         try:
             return conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state") == b"connected"
         finally:
             conn.close()
-
-    def wait_subscribed(self, timeout: float = 60.0) -> bool:
-        return wait_until(self.subscribed, timeout, 0.1)
 
     def idle_workers(self) -> int:
         conn = self.conn()
@@ -124,6 +147,15 @@ class Stack:
             return sum(1 for w in workers if w.get_state() == "idle")
         finally:
             conn.close()
+
+    def health_answers(self, port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2.0):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered; unhealthy is fine while things start
+        except (urllib.error.URLError, OSError):
+            return False
 
     def logs(self) -> list[Path]:
         return [path for child in self.supervisor.children for path in child.logs]

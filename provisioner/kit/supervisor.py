@@ -146,8 +146,8 @@ class Child:
             self.stop()
             raise
 
-    def tail(self, chars: int = 2000) -> str:
-        return self.logs[-1].read_text(errors="replace")[-chars:]
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.logs[-1].read_text(errors="replace").splitlines()[-lines:])
 
 
 class Supervisor:
@@ -200,7 +200,8 @@ class Supervisor:
         child.launch(log_path, self.cwd)
 
     def dead(self) -> list[Child]:
-        return [child for child in self.children if not child.alive()]
+        """The children that ended on their own (or by kill -9), not those stopped."""
+        return [c for c in self.children if not c.alive() and not c.stopping]
 
     def named(self, prefix: str) -> list[Child]:
         return [child for child in self.children if child.name.startswith(prefix)]
