@@ -153,14 +153,14 @@ class Demo:
         began = time.monotonic()
         self.fresh_workdir()
         configure_logging(self.args.log_level.upper(), "demo", stream=self._log_stream())
-        redis, why = configured_or_private(
+        url, private, why = configured_or_private(
             self.settings.redis_url, self.stack.supervisor, self.workdir / "redis", DEMO_MARKER
         )
         self.say(f"redis:    {why}")
-        self.stack.use_redis(redis.url)
-        self.urls["redis"] = redis.url if redis.server is not None else "REDIS_URL"
-        if redis.server is None:
-            self.stack.on_close(lambda: release_database(redis.url, DEMO_MARKER))
+        self.stack.use_redis(url)
+        self.urls["redis"] = url if private else "REDIS_URL"
+        if private is None:
+            self.stack.on_close(lambda: release_database(url, DEMO_MARKER))
         self.stack.use_database(Database.sqlite(self.workdir / "provisioning.db"))
         self.start_sandbox()
         self.stack.settings.update(self.service_settings())

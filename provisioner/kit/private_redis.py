@@ -14,7 +14,6 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,22 +172,15 @@ class RedisServer:
             conn.close()
 
 
-@dataclass(frozen=True)
-class DemoRedis:
-    url: str
-    origin: str  # "REDIS_URL" or the path of the private server's binary
-    server: RedisServer | None = None
-
-
 def configured_or_private(
     configured_url: str, supervisor: Supervisor, data_dir: Path, marker: str
-) -> tuple[DemoRedis, str]:
+) -> tuple[str, RedisServer | None, str]:
     """The configured Redis if it answers and its database is free to `claim_database`, else
-    a private server in `supervisor`; and one line saying why."""
+    a private server in `supervisor`: its URL, the server (None: the configured one) and why."""
     if answers(configured_url):
         if claim_database(configured_url, marker):
             why = "using REDIS_URL (it answers; its empty database is emptied again at the end)"
-            return DemoRedis(configured_url, "REDIS_URL"), why
+            return configured_url, None, why
         reason = "REDIS_URL answers but its database holds other data; not touching it"
     else:
         reason = "REDIS_URL does not answer"
@@ -202,4 +194,4 @@ def configured_or_private(
     server.start()
     claim_database(server.url, marker)
     why = f"{reason}; started a private server: {Path(binary).name} at {server.url}"
-    return DemoRedis(server.url, binary, server), why
+    return server.url, server, why

@@ -1,32 +1,16 @@
-"""The demo's parts: order plan, fixtures, display, supervision, private Redis."""
+"""The process kit: supervision (stop, kill -9, restart), the private Redis, claimed databases."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import sys
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from provisioner.demo import plan as demo_plan
 from provisioner.demo.command import DEMO_MARKER
-from provisioner.demo.plan import (
-    NO_PAY_METHOD,
-    OK,
-    UNMAPPED,
-    WHMCS_DOWN,
-    Outcome,
-    as_expected,
-    plan_orders,
-    scenarios_for,
-)
-from provisioner.demo.view import Progress, Row, progress_bar, summary_table, verdict_line
 from provisioner.kit import private_redis
 from provisioner.kit.database import claim_database, release_database
 from provisioner.kit.supervisor import (
@@ -34,184 +18,13 @@ from provisioner.kit.supervisor import (
     child_environment,
     descendants,
     descendants_in,
+    free_port,
     kill_leftovers,
     parse_proc_stat,
     parse_ps,
     running_command,
 )
-from worker.mapping import OrderItem, map_item
-
-# --- the plan ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("count", "expected"),
-    [
-        (1, [OK]),
-        (2, [NO_PAY_METHOD, OK]),
-        (3, [OK, NO_PAY_METHOD, UNMAPPED]),
-        (4, [OK, NO_PAY_METHOD, UNMAPPED, WHMCS_DOWN]),
-        (6, [OK, OK, NO_PAY_METHOD, OK, UNMAPPED, WHMCS_DOWN]),
-    ],
-)
-def test_each_failure_once_while_one_order_still_succeeds(count, expected):
-    assert scenarios_for(count) == expected
-
-
-def test_twenty_orders_fail_three_ways_with_the_outage_last():
-    plan = plan_orders(20)
-    assert Counter(o.scenario.name for o in plan) == {
-        "ok": 17,
-        "no_pay_method": 1,
-        "unmapped": 1,
-        "whmcs_503": 1,
-    }
-    assert plan[-1].scenario is WHMCS_DOWN
-    assert len({o.ref for o in plan}) == 20
-
-
-def test_no_orders_is_refused():
-    with pytest.raises(ValueError):
-        scenarios_for(0)
-
-
-def _catalogue(document):
-    return {p["pid"]: p for p in document["whmcs"]["products"]}
-
-
-def _items(document, order_ref):
-    products = {p["ref"]: p for p in document["salesforce"]["products"]}
-    order = next(o for o in document["salesforce"]["orders"] if o["ref"] == order_ref)
-    return [
-        OrderItem(
-            item_id="",
-            number=str(n),
-            product_name=products[i["product"]]["Name"],
-            product_code=products[i["product"]]["ProductCode"],
-            whmcs_pid=products[i["product"]]["WH_Product_ID__c"],
-            billing_cycle=products[i["product"]]["Billing_Cycle__c"],
-            quantity=i["Quantity"],
-        )
-        for n, i in enumerate(order["items"])
-    ]
-
-
-def test_fixture_lines_map_under_the_workers_own_rules():
-    """Judged by worker.mapping itself: only the unmapped scenario has a gap, and that gap's code
-    is the one the demo expects."""
-    plan = plan_orders(20)
-    document = demo_plan.fixture_document(plan)
-    catalogue = _catalogue(document)
-    for order in plan:
-        codes = {map_item(i, catalogue).gap_code for i in _items(document, order.ref)} - {""}
-        assert codes == ({UNMAPPED.code} if order.scenario is UNMAPPED else set()), order
-
-
-def test_only_the_409_customer_lacks_a_pay_method():
-    document = demo_plan.fixture_document(plan_orders(20))
-    accounts = {a["ref"]: int(a["WHMCS_Client_ID__c"]) for a in document["salesforce"]["accounts"]}
-    cardless = {c["id"] for c in document["whmcs"]["clients"] if not c["paymethods"]}
-    assert cardless == {accounts["northwind"]}
-    for order in document["salesforce"]["orders"]:
-        planned = next(o for o in plan_orders(20) if o.ref == order["ref"])
-        assert (accounts[order["account"]] in cardless) == (planned.scenario is NO_PAY_METHOD)
-
-
-@pytest.mark.parametrize(
-    ("scenario", "status", "whmcs_id", "code", "ok"),
-    [
-        (OK, "Activated", "17", "", True),
-        (OK, "Activated", "", "", False),  # activated without a WHMCS order id
-        (OK, "Failed", "", "503", False),
-        (OK, "Activating", "", "", False),
-        (NO_PAY_METHOD, "Failed", "", "409", True),
-        (NO_PAY_METHOD, "Failed", "", "503", False),
-        (UNMAPPED, "Failed", "", "UNMAPPED_PRODUCT", True),
-        (WHMCS_DOWN, "Failed", "", "503", True),
-        (WHMCS_DOWN, "Activated", "18", "", False),
-    ],
-)
-def test_as_expected(scenario, status, whmcs_id, code, ok):
-    outcome = Outcome("801", "00000101", status, whmcs_order_id=whmcs_id, error_code=code)
-    assert as_expected(scenario, outcome) is ok
-
-
-def test_outcome_from_a_salesforce_record():
-    record = {
-        "Id": "801000000000001AAA",
-        "OrderNumber": "00000101",
-        "Activation_Status__c": "Failed",
-        "WHMCS_Order_ID__c": None,
-        "Activation_Error_Code__c": "409",
-        "Activation_Error_Message__c": "no pay method",
-        "LastModifiedDate": "2026-04-09T18:31:41.767+0000",
-    }
-    approved = demo_plan.sf_time("2026-04-09T18:31:40.517Z")  # the event's CreatedDate
-    outcome = demo_plan.outcome_from_record(record, approved)
-    assert (outcome.status, outcome.whmcs_order_id, outcome.error_code) == ("Failed", "", "409")
-    assert outcome.final and outcome.seconds == 1.25
-    pending = {**record, "Activation_Status__c": "Activating"}
-    assert demo_plan.outcome_from_record(pending, approved).seconds is None
-    assert not demo_plan.outcome_from_record(pending).final
-
-
-@pytest.mark.parametrize("value", [None, "", "yesterday", 17])
-def test_unreadable_times_give_no_seconds(value):
-    assert demo_plan.sf_time(value) is None
-
-
-# --- the display ------------------------------------------------------------------------------
-
-
-def _rows():
-    plan = plan_orders(4)
-    outcomes = [
-        Outcome("a", "00000100", "Activated", whmcs_order_id="1", seconds=1.234),
-        Outcome("b", "00000101", "Failed", error_code="409", seconds=0.5),
-        Outcome("c", "00000102", "Failed", error_code="503", seconds=0.7),  # wanted UNMAPPED
-        Outcome("d", "00000103", "Activating"),
-    ]
-    return [Row(p, "Acme Ltd", o) for p, o in zip(plan, outcomes, strict=True)]
-
-
-def test_summary_table_marks_what_did_not_go_as_expected():
-    table = summary_table(_rows()).splitlines()
-    assert table[0].split() == [
-        "order",
-        "customer",
-        "outcome",
-        "WHMCS",
-        "order",
-        "error",
-        "code",
-        "seconds",
-        "scenario",
-    ]
-    assert table[2].split()[:3] == ["00000100", "Acme", "Ltd"]
-    assert "1.2" in table[2] and "expected" not in table[2]
-    assert table[4].endswith("<- expected Failed UNMAPPED_PRODUCT")
-    assert "Activating" in table[5] and table[5].endswith("<- expected Failed 503")
-    assert verdict_line(_rows()) == (
-        "4 orders: 1 activated, 2 failed, 1 without an outcome. "
-        "2 did NOT end as the fixtures expect."
-    )
-
-
-def test_progress_bar_counts_outcomes():
-    bar = progress_bar(_rows(), 3.0, width=8)
-    assert bar == "[######--]   3/4  activated 1  failed 2    3.0s"
-
-
-def test_progress_without_a_terminal_prints_each_outcome_once():
-    out = io.StringIO()
-    progress = Progress(out)
-    progress.update(_rows()[:2], 1.0)
-    progress.update(_rows()[:2], 2.0)
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("[1/2] 00000100   Activated WHMCS order 1")
-    assert "409" in lines[1] and "\r" not in out.getvalue()
-
+from shared.connections import redis_client
 
 # --- supervision ------------------------------------------------------------------------------
 
@@ -332,6 +145,23 @@ def test_a_reused_pid_running_something_else_is_left_alone(tmp_path):
     assert kill_leftovers(pid_file) == []
 
 
+def test_a_child_killed_9_is_started_again_as_its_next_generation(tmp_path):
+    supervisor = Supervisor(os.environ, log_dir=tmp_path)
+    child = supervisor.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    supervisor.restart_the_dead(time.monotonic)
+    try:
+        supervisor.kill9(child)
+        deadline = time.monotonic() + 10
+        while child.generation < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.generation == 2 and child.alive()
+        assert [(r.name, r.cause) for r in supervisor.restarts] == [("sleeper-g1", "kill -9")]
+        assert child.logs == [tmp_path / "sleeper-g1.log", tmp_path / "sleeper-g2.log"]
+    finally:
+        supervisor.stop_all()
+    assert not child.alive()
+
+
 # --- the private Redis ------------------------------------------------------------------------
 
 
@@ -360,10 +190,10 @@ def test_a_closed_port_falls_back_to_a_private_server(tmp_path):
     supervisor = Supervisor(os.environ, tmp_path / "all.log")
     closed = f"redis://127.0.0.1:{_closed_port()}/0"
     try:
-        chosen, why = private_redis.configured_or_private(
+        url, _, why = private_redis.configured_or_private(
             closed, supervisor, tmp_path / "redis", DEMO_MARKER
         )
-        assert chosen.url != closed and private_redis.answers(chosen.url)
+        assert url != closed and private_redis.answers(url)
         assert "does not answer" in why and "valkey-server" in why
     finally:
         supervisor.stop_all()
@@ -373,10 +203,10 @@ def test_someone_elses_data_is_never_flushed(redis_conn, redis_url, tmp_path):
     redis_conn.set("their:key", "precious")
     supervisor = Supervisor(os.environ, tmp_path / "all.log")
     try:
-        chosen, why = private_redis.configured_or_private(
+        url, _, why = private_redis.configured_or_private(
             redis_url, supervisor, tmp_path / "redis", DEMO_MARKER
         )
-        assert chosen.url != redis_url and "holds other data" in why
+        assert url != redis_url and "holds other data" in why
     finally:
         supervisor.stop_all()
     assert redis_conn.get("their:key") == b"precious"
@@ -408,7 +238,20 @@ def test_a_running_demos_database_is_left_to_it(redis_conn, redis_url):
     assert redis_conn.get("rq:queue:provisioning") == b"busy"
 
 
-def _closed_port() -> int:
-    from provisioner.kit.supervisor import free_port
+def test_an_append_only_server_keeps_its_data_through_a_restart(tmp_path):
+    server = private_redis.RedisServer(tmp_path / "redis", "s3cret", append_only=True)
+    server.start()
+    try:
+        conn = redis_client(server.url)
+        conn.set("kept", "yes")
+        conn.close()
+        server.restart(down_for=0.1)
+        conn = redis_client(server.url)
+        assert conn.get("kept") == b"yes"
+        conn.close()
+    finally:
+        server.stop()
 
+
+def _closed_port() -> int:
     return free_port()

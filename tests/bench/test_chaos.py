@@ -23,7 +23,7 @@ from shared.whmcs import OrderLine, WhmcsClient
 from tests.fixtures.infra import TEST_DATABASE_URL
 from tests.worker_support import enqueue, event_from, tuned, wait_until, work
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 A, B, C = "801000000000001AAA", "801000000000002AAA", "801000000000003AAA"
 
 
