@@ -2,9 +2,12 @@
 
 Real processes (one subscriber, several workers, under a supervisor that restarts what dies)
 against the sandbox, a private Redis with append-only persistence and a fresh PostgreSQL database.
-While the orders are approved, a seeded schedule kills, restarts, revokes and injects faults. After
-the abandoned-job window the run checks the promise, retries every Failed order with the faults
-cleared, checks again, and prints the fault table. Exit 0 only when every check passes.
+Orders have lines of 1 to 3 units of products of every WHMCS allowqty. While the orders are
+approved, a seeded schedule kills, restarts and crashes, revokes, approves without publishing,
+Retries Activated orders, refuses outcome PATCHes for a while and injects faults. After the
+abandoned-job window the run checks the promise, retries every Failed order once with the faults
+cleared (one round: the promise), checks again, and prints the fault table. Exit 0 only when every
+check passes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import redis
 
 from bench import chaos_check, chaos_report, chaos_state
 from bench.chaos_faults import BY_KEY, plan
-from bench.chaos_inject import FireLog, Injection, Injector, MintLog, Timeline
+from bench.chaos_inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline
 from bench.chaos_rig import ChaosStack, Tuning, worker_class
 from bench.results import RESULTS_DIR
 from shared import keys
@@ -36,7 +39,7 @@ from worker.orchestrator import UNKNOWN_CREATE_MARGIN
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 QUEUE = "provisioning"
-RETRY_ROUNDS = 3
+RETRY_ROUNDS = 1  # the promise: one Provision / Retry activates every Failed order
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,22 @@ class Size:
     workers: int
     load_seconds: float
     settle_timeout: float
+    refuse_seconds: float  # how long Salesforce refuses outcome PATCHes
     quick: bool = False
 
 
-FULL = Size(orders=300, clients=12, workers=3, load_seconds=75, settle_timeout=180)
-QUICK = Size(orders=50, clients=4, workers=2, load_seconds=30, settle_timeout=90, quick=True)
+FULL = Size(
+    orders=300, clients=12, workers=3, load_seconds=75, settle_timeout=180, refuse_seconds=12
+)
+QUICK = Size(
+    orders=50,
+    clients=4,
+    workers=2,
+    load_seconds=30,
+    settle_timeout=90,
+    refuse_seconds=8,
+    quick=True,
+)
 
 
 class Clock:
@@ -76,6 +90,7 @@ class Chaos:
         self.timeline = Timeline()
         self.fires = FireLog(rig.sandbox.faults, clock)
         self.tokens = MintLog(rig.sandbox.salesforce.tokens)
+        self.approved: list[str] = []
         tuning = rig.tuning
         self.injector = Injector(
             rig.supervisor,
@@ -84,6 +99,8 @@ class Chaos:
             clock,
             random.Random(seed + 1),
             hang_seconds=tuning.whmcs_write_timeout + 3,
+            refuse_seconds=size.refuse_seconds,
+            approved=self.approved,
         )
         self.info = chaos_report.RunInfo(
             command=command,
@@ -95,24 +112,26 @@ class Chaos:
             load_seconds=size.load_seconds,
             settings={k: v for k, v in tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
         )
-        self.approved: list[str] = []
+        self.expected: dict[str, dict[int, tuple[int, int]]] = {}
 
     # --- the run ---
 
     def run(self) -> tuple[str, bool]:
-        order_ids = self.rig.load(self.size.orders, self.size.clients)
+        self.expected = self.rig.load(self.size.orders, self.size.clients)
         self.rig.start_services(self.size.workers)
         if not self.rig.wait_subscribed():
             raise RuntimeError("the subscriber did not connect within 60 s")
-        self._phase("load", lambda: self._load(order_ids))
+        self._phase("load", lambda: self._load(list(self.expected)))
         self._phase("settle", self._settle_after_faults)
         first = self._world()
         self._phase("retry", lambda: self._retry(first))
         final = self._world()
+        facts = self._facts()
+        self.info.reconciled = sum(1 for o in self.approved if final.reconciled(o))
         checks = {
-            "After the faults": chaos_check.after_faults(first),
-            "After Provision / Retry of every Failed order": [
-                *chaos_check.after_retry(final),
+            "After the faults": chaos_check.after_faults(first, facts),
+            "After one round of Provision / Retry of every Failed order": [
+                *chaos_check.after_retry(final, facts),
                 self._secrets_check(),
             ],
         }
@@ -138,8 +157,10 @@ class Chaos:
         interval = self.size.load_seconds / len(order_ids)
         for n, order_id in enumerate(order_ids):
             _sleep_until(self.clock, start + n * interval)
-            self.rig.admin.approve(order_id)
-            self.timeline.add(self.clock(), order_id)
+            publish = not self.injector.claim_unpublished(order_id)
+            self.rig.admin.approve(order_id, publish=publish)
+            if publish:  # no event, nothing for a stream fault to hit
+                self.timeline.add(self.clock(), order_id)
             self.approved.append(order_id)
         striker.join()
         self.injector.wait_for_recoveries()
@@ -204,7 +225,8 @@ class Chaos:
         moments = [
             self.fires.when(i.fault) if i.fault is not None else i.at
             for i in self.injector.injections
-            if i.kind.startswith("add_") or i.kind in ("kill_worker", "restart_redis")
+            if i.kind.startswith("add_")
+            or i.kind in ("kill_worker", "restart_redis", "crash_redis")
         ]
         moments = [t for t in moments if t is not None]
         if moments:
@@ -212,6 +234,18 @@ class Chaos:
             _sleep_until(self.clock, max(moments) + window + 2.0)
 
     # --- reading the outcome ---
+
+    def _facts(self) -> chaos_check.Facts:
+        unpublished = {
+            o for i in self.injector.injections if i.kind == "unpublished" for o in i.hit
+        }
+        return chaos_check.Facts(
+            expected=self.expected,
+            unpublished=frozenset(unpublished),
+            kept=self.injector.retried_activated(),
+            redis_crashed=any(i.kind == "crash_redis" for i in self.injector.injections),
+            retry_rounds=self.info.retry_rounds,
+        )
 
     def _world(self) -> chaos_check.World:
         conn = self.rig.conn()
@@ -246,14 +280,16 @@ class Chaos:
     def _fault_rows(
         self, first: chaos_check.World, final: chaos_check.World
     ) -> list[chaos_report.FaultRow]:
-        whmcs_hits = chaos_state.whmcs_fault_hits(self.rig.admin)
-        duplicates = chaos_state.duplicate_deliveries(self.rig.logs())
+        logs = self.rig.logs()
+        seen = chaos_report.Seen(
+            whmcs_hits=chaos_state.whmcs_fault_hits(self.rig.admin),
+            duplicates=chaos_state.duplicate_deliveries(logs),
+            refused=chaos_state.refused_outcomes(logs, REFUSED_CODE),
+        )
 
         def orders_hit(injection: Injection) -> set[str]:
             fired = self.fires.when(injection.fault) if injection.fault is not None else None
-            return chaos_report.hits(
-                injection, fired, self.timeline.between, whmcs_hits, duplicates
-            )
+            return chaos_report.hits(injection, fired, self.timeline.between, seen)
 
         return chaos_report.fault_rows(
             self.injector.injections,

@@ -3,6 +3,12 @@
 `plan(seed, ...)` is pure: the same seed gives the same schedule, so a failing run can be
 replayed with `python -m bench.chaos --seed N`. (Processes still race, so a replay reproduces the
 faults and their moments, not every interleaving.)
+
+No kind is an `sf.query` (or `sf.*`) emulator fault: the reconciler's sweep and the reaper's
+status reads query Salesforce too, so such a fault could be taken by them instead of a job and
+the table would count a fault "taken" that hit no order. Salesforce's side is struck by the
+token revocation and the refused outcome PATCHes instead, whose hits are read from what the
+services logged.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ KINDS: tuple[Kind, ...] = (
     Kind("kill_worker", "kill -9 a worker (and its work horse)", 5, 2),
     Kind("kill_subscriber", "kill -9 the subscriber", 2, 1),
     Kind("restart_redis", "restart Redis (append-only on)", 1, 1),
+    Kind("crash_redis", "kill -9 Redis (fsync every second: its last second lost)", 1, 1),
+    Kind("unpublished", "approval whose event is never published", 4, 2),
+    Kind("retry_activated", "Provision / Retry on an Activated order", 4, 2),
+    Kind("refuse_outcome", "Salesforce refuses the outcome PATCH for a while, then takes it", 1, 1),
     Kind("revoke_token", "revoke every Salesforce token", 2, 1),
     Kind("add_503", "WHMCS AddOrder 503", 3, 1, "whmcs.AddOrder", "status", {"status": 503}),
     Kind("add_timeout", "WHMCS AddOrder timeout", 2, 1, "whmcs.AddOrder", "hang"),

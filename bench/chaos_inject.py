@@ -1,10 +1,13 @@
 """Striking the faults, and noting for each what it may have hit.
 
-Process faults (kills, the Redis restart, the token revocation) act at once; the injector notes
-the orders in flight at that moment and, for the ones that stop the stream, the window until the
-subscriber has a successful /meta/connect again: orders approved in it waited for the recovery.
-Emulator faults (CometD, WHMCS) are queued in the sandbox's FaultBook and strike the next call;
-`FireLog` notes when each one fired.
+Process faults (kills, the Redis restart and crash, the token revocation) act at once; the
+injector notes the orders in flight at that moment and, for the ones that stop the stream, the
+window until the subscriber has a successful /meta/connect again: orders approved in it waited
+for the recovery. Emulator faults (CometD, WHMCS) are queued in the sandbox's FaultBook and strike
+the next call; `FireLog` notes when each one fired. Salesforce-side faults act through the admin
+API: an approval with no event (claimed by the next approval of the load), a Provision / Retry on
+an Activated order, and a window in which field access is removed so that every outcome PATCH is
+refused.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,7 @@ import redis
 from bench.chaos_faults import BY_KEY, STREAM_TARGETS, Kind
 from provisioner.kit.private_redis import RedisServer
 from provisioner.kit.supervisor import Child, Supervisor
+from sandbox.client import SandboxAdmin
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import redis_client
@@ -28,6 +32,12 @@ from worker import lease as leases
 
 RECOVERY_TIMEOUT = 90.0
 REDIS_DOWN_FOR = 3.0  # seconds Redis stays down: long enough for every process to notice
+ACTIVATED_WAIT = 10.0  # seconds a Retry on an Activated order waits for one to exist
+# Removing write access to this field makes Salesforce refuse every outcome PATCH (Failed and
+# Activated both write it): HTTP 400 INVALID_FIELD_FOR_INSERT_UPDATE, as for a permission set
+# changed under the integration user.
+REFUSED_FIELD = "Activation_Error_Code__c"
+REFUSED_CODE = "400"  # the refusal's code in the workers' logs (update_error_code)
 STREAM_FRESH = 2.0  # a successful /meta/connect this recent: events are flowing
 BUSY_WAIT = 3.0  # seconds a worker kill waits for a worker that holds an order
 
@@ -40,6 +50,8 @@ class Injection:
     hit: set[str] = field(default_factory=set)  # orders known to be in its way
     window: list[float] = field(default_factory=list)  # [start, end]: approvals in it waited
     fault: Any = None  # the sandbox's Fault, for emulator faults
+    took: bool = True  # False: it found nothing to strike (no approval left, no Activated order)
+    kept: dict[str, str] = field(default_factory=dict)  # Retry on Activated: order -> WHMCS id
 
 
 class Timeline:
@@ -103,15 +115,22 @@ class Injector:
         clock: Callable[[], float],
         rng: random.Random,
         hang_seconds: float,
+        refuse_seconds: float,
+        approved: Sequence[str],
     ) -> None:
         self.supervisor = supervisor
         self.redis_server = redis_server
         self.sandbox = sandbox
+        self.admin = SandboxAdmin(sandbox.admin_url)  # its own session: the load uses another
         self.clock = clock
         self.rng = rng
         self.hang_seconds = hang_seconds
+        self.refuse_seconds = refuse_seconds
+        self.approved = approved  # the load's list of approved orders, as it grows
         self.injections: list[Injection] = []
         self._watchers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._unclaimed: list[Injection] = []
 
     def inject(self, key: str) -> Injection:
         kind = BY_KEY[key]
@@ -126,6 +145,22 @@ class Injector:
     def wait_for_recoveries(self) -> None:
         for watcher in self._watchers:
             watcher.join(timeout=RECOVERY_TIMEOUT)
+
+    def claim_unpublished(self, order_id: str) -> bool:
+        """True: approve `order_id` without its event (an `unpublished` fault is waiting)."""
+        with self._lock:
+            if not self._unclaimed:
+                return False
+            injection = self._unclaimed.pop(0)
+        injection.hit, injection.took = {order_id}, True
+        injection.detail = f"{order_id}: Activating, no event published"
+        return True
+
+    def retried_activated(self) -> dict[str, str]:
+        """Activated orders Retried during the run -> the WHMCS order id they recorded."""
+        return {
+            o: w for i in self.injections if i.kind == "retry_activated" for o, w in i.kept.items()
+        }
 
     # --- the kinds ---
 
@@ -183,6 +218,73 @@ class Injector:
         self.redis_server.restart(REDIS_DOWN_FOR)
         injection.detail = f"SIGTERM, down {REDIS_DOWN_FOR:g} s, started again"
         self._until_reconnected(injection, time.time())
+
+    def _crash_redis(self, injection: Injection) -> None:
+        injection.hit = set(_inflight(self.redis_server.url))
+        self.redis_server.crash(REDIS_DOWN_FOR)
+        injection.detail = f"SIGKILL, down {REDIS_DOWN_FOR:g} s, started on the same AOF"
+        self._until_reconnected(injection, time.time())
+
+    def _unpublished(self, injection: Injection) -> None:
+        injection.took = False
+        injection.detail = "the next approval sets Activating and publishes no event"
+        with self._lock:
+            self._unclaimed.append(injection)
+
+    def _retry_activated(self, injection: Injection) -> None:
+        """Press Provision / Retry on an order that is Activated (it must stay so, on the WHMCS
+        order it records, with no second one)."""
+        deadline = time.monotonic() + ACTIVATED_WAIT
+        retried = set(self.retried_activated())
+        while True:
+            approved = set(self.approved)
+            activated = sorted(
+                o["Id"]
+                for o in self.admin.orders()
+                if o["Id"] in approved
+                and o["Id"] not in retried
+                and o.get("Activation_Status__c") == "Activated"
+                and o.get("WHMCS_Order_ID__c")
+            )
+            if activated or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        injection.at = self.clock()
+        if not activated:
+            injection.took, injection.detail = False, "no Activated order to Retry"
+            return
+        order_id = self.rng.choice(activated)
+        whmcs_order_id = str(self.admin.order(order_id)["WHMCS_Order_ID__c"])
+        reply = self.admin.retry(order_id)
+        injection.hit, injection.kept = {order_id}, {order_id: whmcs_order_id}
+        injection.detail = f"{order_id} (WHMCS order {whmcs_order_id}): {reply['result']}"
+
+    def _refuse_outcome(self, injection: Injection) -> None:
+        """Remove the integration user's write access to a field every outcome PATCH writes, for
+        `refuse_seconds`, with one order made to fail in WHMCS meanwhile (so a Failed outcome is
+        among the refused); then restore it. The outbox must deliver every refused outcome."""
+        self.admin.set_field_access(REFUSED_FIELD, updateable=False)
+        injection.fault = self.sandbox.faults.add(
+            "whmcs.AddOrder", "error", 1, message="Chaos: order refused while Salesforce refuses"
+        )
+        injection.window = [injection.at, injection.at]
+        injection.detail = (
+            f"{REFUSED_FIELD} not writable for {self.refuse_seconds:g} s (HTTP 400 "
+            "INVALID_FIELD_FOR_INSERT_UPDATE); one AddOrder answers result=error meanwhile"
+        )
+
+        def restore() -> None:
+            time.sleep(self.refuse_seconds)
+            admin = SandboxAdmin(self.sandbox.admin_url)  # the striker's session is busy
+            try:
+                admin.set_field_access(REFUSED_FIELD, updateable=True)
+            finally:
+                admin.close()
+            injection.window[1] = self.clock()
+
+        watcher = threading.Thread(target=restore, name="restore-field-access", daemon=True)
+        watcher.start()
+        self._watchers.append(watcher)
 
     def _revoke_token(self, injection: Injection) -> None:
         injection.hit = set(_inflight(self.redis_server.url))

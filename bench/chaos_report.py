@@ -14,7 +14,7 @@ from typing import Any
 from bench.chaos_check import Check, World, outcome
 from bench.chaos_faults import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
 from bench.chaos_inject import Injection
-from provisioner.kit.supervisor import Restart
+from provisioner.kit.supervisor import Respawn
 
 # CometD faults strike a connect; orders approved around it rode on the faulted exchange or on
 # the re-handshake after it.
@@ -44,28 +44,41 @@ class RunInfo:
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> duration
     retry_rounds: int = 0
     retried: int = 0
+    reconciled: int = 0  # orders the reconciler gave a job
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the sandbox and the services' logs say was struck, for `hits`."""
+
+    whmcs_hits: Mapping[tuple[str, str], set[str]]  # (action, fault kind) -> orders
+    duplicates: set[str] = field(default_factory=set)  # events received twice (their orders)
+    refused: set[str] = field(default_factory=set)  # orders whose outcome PATCH was refused
 
 
 def hits(
     injection: Injection,
     fired_at: float | None,
     between: Callable[[float, float], set[str]],
-    whmcs_hits: Mapping[tuple[str, str], set[str]],
-    duplicates: set[str],
+    seen: Seen,
 ) -> set[str]:
     """The orders a fault hit: exact for WHMCS faults, kills and revocations (in flight at the
-    moment), by time window for the stream (approved while the subscriber was away)."""
+    moment), by time window for the stream (approved while the subscriber was away); for the
+    refused outcome window, the orders whose outcome PATCH was refused, and the one made to fail
+    in it; for an unpublished approval or a Retry on an Activated order, that order."""
     kind = BY_KEY[injection.kind]
     if kind.target.startswith("whmcs."):
-        return set(whmcs_hits.get((kind.target.split(".", 1)[1], kind.fault), set()))
+        return set(seen.whmcs_hits.get((kind.target.split(".", 1)[1], kind.fault), set()))
+    if injection.kind == "refuse_outcome":
+        return seen.refused | seen.whmcs_hits.get(("AddOrder", "error"), set())
     found = set(injection.hit)
     if injection.window:
         found |= between(injection.window[0], injection.window[1])
     if kind.target.startswith(STREAM_TARGETS) and fired_at is not None:
         found |= between(fired_at + STREAM_WINDOW[0], fired_at + STREAM_WINDOW[1])
     if kind.fault == "duplicate":
-        found |= duplicates
+        found |= seen.duplicates
     return found
 
 
@@ -82,7 +95,7 @@ def fault_rows(
         if not mine:
             continue
         hit: set[str] = set().union(*(orders_hit(i) for i in mine))
-        took = sum(1 for i in mine if not kind.emulated or fired(i) is not None)
+        took = sum(1 for i in mine if (fired(i) is not None if kind.emulated else i.took))
         rows.append(
             FaultRow(
                 kind.label,
@@ -111,7 +124,7 @@ def markdown(
     info: RunInfo,
     rows: Sequence[FaultRow],
     checks: Mapping[str, Sequence[Check]],
-    restarts: Sequence[Restart],
+    restarts: Sequence[Respawn],
 ) -> str:
     verdict = "PASS" if all_passed(*checks.values()) else "FAIL"
     parts = [
@@ -128,6 +141,9 @@ def markdown(
         *_fault_table(rows),
         "",
         *_restart_lines(restarts),
+        "",
+        f"Provision / Retry: {info.retried} Failed orders retried in {info.retry_rounds} "
+        f"round(s) (the promise: one round). The reconciler gave {info.reconciled} orders a job.",
     ]
     for title, group in checks.items():
         parts += ["", f"### {title}", "", "| check | result | detail |", "|---|---|---|"]
@@ -148,17 +164,20 @@ def _fault_table(rows: Sequence[FaultRow]) -> list[str]:
     ]
     lines += [
         "",
-        "Orders hit: WHMCS faults, the calls they struck; kills, the Redis restart and the token "
-        "revocation, the orders in flight at that moment plus those approved until the "
+        "Orders hit: WHMCS faults, the calls they struck; kills, the Redis restart and crash and "
+        "the token revocation, the orders in flight at that moment plus those approved until the "
         "subscriber's next successful connect; stream faults (CometD or Pub/Sub), the orders "
         "approved from 0.5 s before to 2 s after the fault fired (and, for duplicates, every "
-        "event the subscriber logged as received twice). An order can be hit by several faults. "
+        "event the subscriber logged as received twice); an approval never published and a Retry "
+        "on an Activated order, that order; the refused outcome PATCH, every order whose outcome "
+        "Salesforce refused (the workers logged it kept for delivery) and the order made to fail "
+        "meanwhile. An order can be hit by several faults. "
         '"after retry": the Failed ones among them after Provision / Retry.',
     ]
     return lines
 
 
-def _restart_lines(restarts: Sequence[Restart]) -> list[str]:
+def _restart_lines(restarts: Sequence[Respawn]) -> list[str]:
     causes = Counter(r.cause for r in restarts)
     if not causes:
         return ["The supervisor restarted nothing."]

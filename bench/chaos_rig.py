@@ -16,6 +16,7 @@ from provisioner.kit.stack import Stack
 from provisioner.kit.supervisor import Supervisor
 from sandbox.fixtures import standard_document, whmcs_client
 from sandbox.http import wait_until
+from worker.mapping import SCALING
 from worker.reaper import detection_bound, detection_bound_before_lease
 
 COMETD_TIMEOUT = 10.0  # seconds the sandbox holds a long-poll (Salesforce: 110)
@@ -34,6 +35,11 @@ class Tuning:
     transport: str = "cometd"  # SF_EVENTS_TRANSPORT
     # Pub/Sub watchdog: past the sandbox's keepalive pace (COMETD_TIMEOUT), well short of 330 s.
     pubsub_stall_timeout: float = 25.0
+    # The reconciler finds approvals with no job (an event never published, jobs lost with
+    # Redis's last second): sweeps every few seconds, for orders Activating longer than a
+    # job ever takes here, so that it acts within the run and not on orders a job still holds.
+    reconcile_interval: float = 3.0
+    reconcile_after: float = 20.0
 
     def env(self) -> dict[str, str]:
         return {
@@ -44,6 +50,8 @@ class Tuning:
             "WHMCS_READ_TIMEOUT": f"{self.whmcs_read_timeout:g}",
             "SF_TIMEOUT": f"{self.sf_timeout:g}",
             "JOB_TIMEOUT": str(self.job_timeout),
+            "RECONCILE_INTERVAL": f"{self.reconcile_interval:g}",
+            "RECONCILE_AFTER": f"{self.reconcile_after:g}",
             "HTTP_CONNECT_TIMEOUT": "3",
         }
 
@@ -55,25 +63,71 @@ class Tuning:
         return max(detection_bound(ttl), detection_bound_before_lease(ttl)) + 3.0
 
 
+# The catalogue's three ways of ordering N units (shared/whmcs.py cart_entries): WHMCS allowqty
+# 0 (no qty field: the product is repeated once per unit), 1 (qty, one service per unit) and 2
+# ("scaling": one service holding the quantity). Product ref -> (WHMCS pid, allowqty).
+PRODUCTS = {"fibre100": (1, 1), "static-ip": (2, 0), "mailbox": (3, SCALING)}
+
+
 def fixture(orders: int, clients: int) -> tuple[dict[str, Any], list[str]]:
-    """Products and `clients` customers (each a WHMCS client with a card), and `orders` Draft
-    orders spread over them; every fifth has a second line. Returns the document and the refs."""
+    """Products of every allowqty and `clients` customers (each a WHMCS client with a card), and
+    `orders` Draft orders spread over them, of one or two lines of 1 to 3 units each. Returns
+    the document and the refs."""
     document = standard_document(0)
     salesforce, whmcs = document["salesforce"], document["whmcs"]
+    salesforce["products"].append(
+        {
+            "ref": "mailbox",
+            "Name": "Mailbox",
+            "ProductCode": "MBX-1",
+            "WH_Product_ID__c": PRODUCTS["mailbox"][0],
+            "Billing_Cycle__c": "Monthly",
+            "IsActive": True,
+            "UnitPrice": 3.0,
+        }
+    )
+    whmcs["products"].append(
+        {**whmcs["products"][0], "pid": PRODUCTS["mailbox"][0], "name": "Mailbox"}
+    )
+    for product in whmcs["products"]:
+        ref = next(r for r, (pid, _) in PRODUCTS.items() if pid == product["pid"])
+        product["allowqty"] = PRODUCTS[ref][1]
     salesforce["accounts"] = [
         {"ref": f"acct{i}", "Name": f"Customer {i}", "WHMCS_Client_ID__c": str(i)}
         for i in range(1, clients + 1)
     ]
     whmcs["clients"] = [whmcs_client(i, email=f"c{i}@example.com") for i in range(1, clients + 1)]
     refs = [f"o{n}" for n in range(1, orders + 1)]
-    salesforce["orders"] = [_order(ref, n % clients + 1, n % 5 == 0) for n, ref in enumerate(refs)]
+    salesforce["orders"] = [
+        _order(ref, n % clients + 1, order_lines(n)) for n, ref in enumerate(refs)
+    ]
     return document, refs
 
 
-def _order(ref: str, client: int, two_lines: bool) -> dict[str, Any]:
-    items = [{"product": "fibre100", "Quantity": 1, "UnitPrice": 50.0}]
-    if two_lines:
-        items.append({"product": "static-ip", "Quantity": 1, "UnitPrice": 50.0})
+def order_lines(n: int) -> list[tuple[str, int]]:
+    """The n-th order's (product ref, quantity) lines: every product and every quantity from 1
+    to 3 comes round; every third order has a second line of another product."""
+    names = list(PRODUCTS)
+    first = names[n % len(names)]
+    lines = [(first, 1 + (n // len(names)) % 3)]
+    if n % 3 == 2:
+        lines.append((names[(n + 1) % len(names)], 1 + n % 2))
+    return lines
+
+
+def expected_services(n: int) -> dict[int, tuple[int, int]]:
+    """WHMCS pid -> (services, units) the n-th order must end with: one service per unit, or
+    one service holding them all for a scaling product (allowqty 2)."""
+    units: dict[int, int] = {}
+    for ref, quantity in order_lines(n):
+        pid = PRODUCTS[ref][0]
+        units[pid] = units.get(pid, 0) + quantity
+    scaling = {pid for pid, allowqty in PRODUCTS.values() if allowqty == SCALING}
+    return {pid: (1 if pid in scaling else n_units, n_units) for pid, n_units in units.items()}
+
+
+def _order(ref: str, client: int, lines: list[tuple[str, int]]) -> dict[str, Any]:
+    items = [{"product": p, "Quantity": q, "UnitPrice": 50.0} for p, q in lines]
     return {"ref": ref, "account": f"acct{client}", "Status": "Draft", "items": items}
 
 
@@ -98,14 +152,15 @@ class ChaosStack(Stack):
             self.close()  # what did start must not outlive a failed start
             raise
 
-    def load(self, orders: int, clients: int) -> list[str]:
+    def load(self, orders: int, clients: int) -> dict[str, dict[int, tuple[int, int]]]:
+        """Load the fixture; order id -> what WHMCS must hold for it (expected_services)."""
         document, refs = fixture(orders, clients)
         order_docs = document["salesforce"].pop("orders")
         ids = dict(self.admin.load(document)["refs"])
         for start in range(0, len(order_docs), LOAD_BATCH):
             batch = {"salesforce": {"orders": order_docs[start : start + LOAD_BATCH]}}
             ids.update(self.admin.load(batch)["refs"])
-        return [ids[ref] for ref in refs]
+        return {ids[ref]: expected_services(n) for n, ref in enumerate(refs)}
 
     def wait_subscribed(self, timeout: float = 60.0) -> bool:
         """LATEST from no stored id starts at the tip: approve nothing before it is connected."""

@@ -15,6 +15,10 @@ from shared import db, keys
 from shared.queueing import job_id_for
 
 DUPLICATE_LINE = "Duplicate Platform Event ignored"
+# The workers' lines for an outcome PATCH Salesforce refused (the job's, then the reaper's).
+REFUSED_LINES = frozenset(
+    {"Outcome kept for delivery to Salesforce", "Outcome still not taken by Salesforce; will retry"}
+)
 
 
 def gather(admin: Any, conn: redis.Redis, engine: Engine, approved: Iterable[str]) -> World:
@@ -87,6 +91,17 @@ def duplicate_deliveries(logs: Iterable[Path]) -> set[str]:
         if line.get("message") == DUPLICATE_LINE and isinstance(line.get("order_id"), str):
             found.add(line["order_id"])
     return found
+
+
+def refused_outcomes(logs: Iterable[Path], code: str) -> set[str]:
+    """Orders whose outcome PATCH Salesforce refused with `code` (the workers' logs say so)."""
+    return {
+        line["order_id"]
+        for line in _json_lines(logs)
+        if line.get("message") in REFUSED_LINES
+        and str(line.get("update_error_code")) == code
+        and isinstance(line.get("order_id"), str)
+    }
 
 
 def _json_lines(logs: Iterable[Path]) -> Iterable[dict[str, Any]]:

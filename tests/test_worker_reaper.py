@@ -3,6 +3,7 @@ an RQ job that never took its order's lease."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -128,6 +129,28 @@ def test_salesforce_down_leaves_the_outcome_waiting_for_delivery(
     assert sweeper.run_once(now + 1) == []  # backing off
     assert sweeper.run_once(now + outbox.backoff(1) + 1) == [order_id]
     assert sandbox_admin.order(order_id)["Activation_Error_Code__c"] == "WORKER_LOST"
+    assert not redis_conn.hlen(keys.OUTBOX)
+
+
+def test_a_delivery_slower_than_the_lease_ttl_keeps_the_order_from_a_second_reaper(
+    order_id, sweeper, redis_conn, sqlite_engine, sandbox_admin, app_settings
+):
+    """Found by `make chaos`: two workers stalled on a Salesforce login both delivered one
+    outcome, the first one's lease having lapsed (TTL 2 s here) mid-call."""
+    now = time.time()
+    outbox.put(redis_conn, order_id, outbox.first("Failed", now - 60, "400", code="409"))
+    sandbox_admin.set_latency("sf.query", 3.5)  # the delivery's status read: past the TTL
+    other = reaper.Reaper(redis_conn, Records(sqlite_engine), sweeper.salesforce, 2)
+    delivered: list[str] = []
+    first = threading.Thread(target=lambda: delivered.extend(sweeper.deliver(now)))
+    first.start()
+    time.sleep(2.8)
+
+    assert leases.lease_exists(redis_conn, order_id)  # renewed while the call is slow
+    assert other.deliver(now) == []
+    first.join(timeout=30)
+    assert delivered == [order_id]
+    assert sandbox_admin.order(order_id)["Activation_Error_Code__c"] == "409"
     assert not redis_conn.hlen(keys.OUTBOX)
 
 

@@ -180,10 +180,13 @@ class Reaper:
             if not lease.acquire():
                 continue
             try:
-                if self.redis.hget(keys.OUTBOX, order_id) != raw:
-                    continue  # a job delivered its own outcome meanwhile, or another reaper did
-                if self._deliver_one(order_id, raw, waiting, now):
-                    delivered.append(order_id)
+                # Renewed meanwhile: a Salesforce call (a token refresh, a slow reply) can outlast
+                # the TTL, and then a second reaper (or a new job) would take the order too.
+                with lease.kept_alive():
+                    if self.redis.hget(keys.OUTBOX, order_id) != raw:
+                        continue  # a job delivered its own outcome meanwhile, or another reaper did
+                    if self._deliver_one(order_id, raw, waiting, now):
+                        delivered.append(order_id)
             finally:
                 lease.release()
         return delivered
@@ -249,19 +252,20 @@ class Reaper:
         if not lease.acquire():
             return False
         try:
-            if self.redis.hget(keys.INFLIGHT, order_id) != raw:
-                return False  # the job finished, or a newer job replaced the entry
-            entry = leases.InflightEntry.loads(raw)
-            if entry is None or not is_valid_id(order_id, "Order"):
-                log.error(
-                    "Dropping an unreadable in-flight entry", extra={"entry": repr(raw)[:200]}
-                )
+            with lease.kept_alive():  # renewed: see deliver()
+                if self.redis.hget(keys.INFLIGHT, order_id) != raw:
+                    return False  # the job finished, or a newer job replaced the entry
+                entry = leases.InflightEntry.loads(raw)
+                if entry is None or not is_valid_id(order_id, "Order"):
+                    log.error(
+                        "Dropping an unreadable in-flight entry", extra={"entry": repr(raw)[:200]}
+                    )
+                    leases.unregister(self.redis, order_id, raw)
+                    return True
+                if not self._settle(order_id, entry):
+                    return False  # Salesforce unreachable: keep the entry, try again next pass
                 leases.unregister(self.redis, order_id, raw)
                 return True
-            if not self._settle(order_id, entry):
-                return False  # Salesforce unreachable: keep the entry, try again next pass
-            leases.unregister(self.redis, order_id, raw)
-            return True
         finally:
             lease.release()
 
@@ -322,12 +326,13 @@ class Reaper:
         if not lease.acquire():
             return False
         try:
-            if self.redis.hexists(keys.INFLIGHT, lost.order_id):
-                return False
-            if not self._settle(lost.order_id, lost.entry(), before_lease=True):
-                return False  # Salesforce unreachable: try again next pass
-            self._done_jobs[lost.job_id] = now
-            return True
+            with lease.kept_alive():  # renewed: see deliver()
+                if self.redis.hexists(keys.INFLIGHT, lost.order_id):
+                    return False
+                if not self._settle(lost.order_id, lost.entry(), before_lease=True):
+                    return False  # Salesforce unreachable: try again next pass
+                self._done_jobs[lost.job_id] = now
+                return True
         finally:
             lease.release()
 

@@ -48,7 +48,7 @@ def python_module(module: str, *args: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Restart:
+class Respawn:
     name: str  # the generation that died
     at: float  # on the supervisor's clock
     cause: str  # "kill -9" or "exited <code>"
@@ -171,7 +171,7 @@ class Supervisor:
         self.log_dir = log_dir
         self.cwd = cwd
         self.children: list[Child] = []
-        self.restarts: list[Restart] = []
+        self.restarts: list[Respawn] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -239,7 +239,7 @@ class Supervisor:
                     if child.stopping or child.alive():
                         continue
                     cause = "kill -9" if child.killed else f"exited {child.returncode}"
-                    self.restarts.append(Restart(child.current_name, clock(), cause))
+                    self.restarts.append(Respawn(child.current_name, clock(), cause))
                 time.sleep(RESTART_DELAY)
                 with self._lock:
                     if not self._stop.is_set() and not child.stopping:

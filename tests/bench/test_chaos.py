@@ -14,7 +14,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy import update
 
-from bench import chaos_check, chaos_faults, chaos_report
+from bench import chaos_check, chaos_faults, chaos_report, chaos_rig
 from bench.chaos_check import ACTIVATED, FAILED, Attempt, Event, WhmcsOrder, World
 from bench.chaos_inject import Injection
 from sandbox.fixtures import standard_document
@@ -101,6 +101,20 @@ def test_a_failed_order_has_a_whmcs_order_only_if_it_got_to_whmcs_create(step, w
     assert chaos_check.failed_orders_have_at_most_their_own(state).ok is ok
 
 
+def test_a_retried_activated_order_whose_retry_job_died_keeps_its_one_whmcs_order():
+    """Seen in a pubsub quick run: a Retry on an Activated order, its job's worker killed, the
+    order reaped Failed WORKER_LOST before any step: its WHMCS order predates the Retry."""
+    state = world(
+        {A: order(FAILED, "WORKER_LOST")},
+        [WhmcsOrder(1, "Active", A)],
+        attempts=[attempt(1, A, "failed", "")],
+    )
+    assert not chaos_check.failed_orders_have_at_most_their_own(state).ok
+    assert chaos_check.failed_orders_have_at_most_their_own(state, retried=[A]).ok
+    two = world(state.orders, [WhmcsOrder(1, "Active", A), WhmcsOrder(2, "Pending", A)])
+    assert not chaos_check.failed_orders_have_at_most_their_own(two, retried=[A]).ok
+
+
 def test_the_last_failed_attempt_names_the_step():
     attempts = [attempt(1, A, "failed", "whmcs_create"), attempt(2, A, "failed", "mapping")]
     assert chaos_check.last_failed_step(attempts, A) == "mapping"
@@ -121,6 +135,74 @@ def test_an_event_never_enqueued_is_named():
     assert not check.ok and check.offenders == ("u2 (replay 2)",)
 
 
+@pytest.mark.parametrize(
+    ("crashed", "job", "ok"),
+    [
+        (True, "rec-801000000000002AAA-20260409180000000", True),  # lost with Redis, reconciled
+        (True, "evt-u9", False),  # lost, and nothing found the order
+        (False, "rec-801000000000002AAA-20260409180000000", False),  # no crash: no excuse
+    ],
+)
+def test_an_event_lost_with_redis_last_second_is_excused_only_if_its_order_was_reconciled(
+    crashed, job, ok
+):
+    events = [Event("u1", 1, A), Event("u2", 2, B)]
+    state = world(
+        {A: order(ACTIVATED), B: order(ACTIVATED)},
+        events=events,
+        enqueued={"u1"},
+        attempts=[attempt(1, B, "activated", "", job)],
+    )
+    assert chaos_check.events_enqueued(state, redis_crashed=crashed).ok is ok
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "job", "ok"),
+    [
+        (ACTIVATED, "", "rec-801000000000001AAA-1", True),
+        (FAILED, "503", "rec-801000000000001AAA-1", True),
+        ("Activating", "", "rec-801000000000001AAA-1", False),
+        (ACTIVATED, "", "evt-1", False),  # finished, but not by the reconciler: no event existed
+    ],
+)
+def test_an_approval_without_an_event_is_finished_by_the_reconciler(status, code, job, ok):
+    state = world({A: order(status, code)}, attempts=[attempt(1, A, "activated", "", job)])
+    assert chaos_check.unpublished_reconciled(state, {A}).ok is ok
+
+
+@pytest.mark.parametrize(
+    ("status", "recorded", "made", "final", "ok"),
+    [
+        (ACTIVATED, "7", [7], True, True),
+        (ACTIVATED, "7", [7, 8], True, False),  # the Retry ordered again
+        (ACTIVATED, "8", [8], True, False),  # now records another order
+        (FAILED, "7", [7], True, False),  # after the retry round it must be Activated
+        (FAILED, "7", [7], False, True),  # before it, a fault on the Retry's job may fail it
+    ],
+)
+def test_a_retry_on_an_activated_order_keeps_its_whmcs_order(status, recorded, made, final, ok):
+    state = world(
+        {A: order(status, "WORKER_LOST" if status == FAILED else "", recorded)},
+        [WhmcsOrder(n, "Active", A) for n in made],
+    )
+    assert chaos_check.retried_activated_kept(state, {A: "7"}, final=final).ok is ok
+
+
+@pytest.mark.parametrize(
+    ("services", "ok"),
+    [
+        (((1, 1), (1, 1), (3, 3)), True),
+        (((1, 1), (3, 3)), False),  # a unit of pid 1 missing
+        (((1, 2), (3, 3)), False),  # one service holding 2 where one per unit was ordered
+        (((1, 1), (1, 1), (3, 1), (3, 1), (3, 1)), False),  # a scaling product split up
+    ],
+)
+def test_the_whmcs_services_must_match_the_quantities(services, ok):
+    state = world({A: order(ACTIVATED, whmcs="7")}, [WhmcsOrder(7, "Active", A, services)])
+    expected = {A: {1: (2, 2), 3: (1, 3)}}
+    assert chaos_check.services_match_quantities(state, expected).ok is ok
+
+
 def test_an_event_or_an_order_fulfilled_twice_is_named():
     twice = [attempt(1, A, "activated", "", "evt-x"), attempt(2, A, "activated", "", "evt-x")]
     check = chaos_check.fulfilled_at_most_once(world({A: order(ACTIVATED)}, attempts=twice))
@@ -129,9 +211,33 @@ def test_an_event_or_an_order_fulfilled_twice_is_named():
     assert chaos_check.fulfilled_at_most_once(world({A: order(ACTIVATED)}, attempts=once)).ok
 
 
-def test_the_whmcs_tag_is_read_from_the_notes():
-    record = {"id": "12", "status": "Active", "notes": f"Salesforce Order 00000101 SF-ORDER:{A}"}
-    assert WhmcsOrder.from_record(record) == WhmcsOrder(12, "Active", A)
+def test_an_activated_order_retried_may_be_finished_once_more_by_the_retry_job():
+    again = [attempt(1, A, "activated", ""), attempt(2, A, "activated", "")]
+    state = world({A: order(ACTIVATED)}, attempts=again)
+    assert chaos_check.fulfilled_at_most_once(state, retried={A}).ok
+    assert not chaos_check.fulfilled_at_most_once(state).ok
+    third = [*again, attempt(3, A, "activated", "")]
+    check = chaos_check.fulfilled_at_most_once(world({A: order(ACTIVATED)}, attempts=third), {A})
+    assert not check.ok
+
+
+def test_every_order_must_be_activated_after_the_one_retry_round():
+    state = world({A: order(ACTIVATED), B: order(FAILED, "503")})
+    check = chaos_check.all_activated(state, rounds=1)
+    assert not check.ok and check.offenders == (f"{B}=Failed 503",)
+    assert "at most one Provision / Retry" in check.name
+
+
+def test_the_whmcs_tag_is_read_from_the_notes_and_the_services_are_counted():
+    record = {
+        "id": "12",
+        "status": "Active",
+        "notes": f"Salesforce Order 00000101 SF-ORDER:{A}",
+        "services": [{"pid": 1, "qty": 1}, {"pid": 1, "qty": 1}, {"pid": 3, "qty": 3}],
+    }
+    found = WhmcsOrder.from_record(record)
+    assert (found.id, found.status, found.sf_order_id) == (12, "Active", A)
+    assert found.holds() == {1: (2, 2), 3: (1, 3)}
     assert WhmcsOrder.from_record({"id": 3, "notes": None}).sf_order_id is None
 
 
@@ -151,7 +257,28 @@ def test_the_schedule_is_reproducible_from_its_seed_and_covers_every_kind(transp
     assert all(0.08 * 60 <= p.at <= 0.7 * 60 for p in first)
     full = plan(7, quick=False)
     assert [p.kind for p in full].count("restart_redis") == 1
+    assert [p.kind for p in full].count("crash_redis") == 1
     assert len(full) > len(first)
+
+
+def test_the_orders_cover_every_allowqty_and_quantities_one_to_three():
+    lines = [line for n in range(30) for line in chaos_rig.order_lines(n)]
+    assert {product for product, _ in lines} == set(chaos_rig.PRODUCTS)
+    for product in chaos_rig.PRODUCTS:
+        assert {q for p, q in lines if p == product} == {1, 2, 3}
+    assert any(len(chaos_rig.order_lines(n)) == 2 for n in range(30))
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (3, {1: (2, 2)}),  # fibre100, allowqty 1: one service per unit
+        (7, {2: (3, 3)}),  # static-ip, allowqty 0: the product repeated, one service each
+        (8, {3: (1, 3), 1: (1, 1)}),  # mailbox, allowqty 2 ("scaling"): one service holds 3
+    ],
+)
+def test_the_services_an_order_must_end_with(n, expected):
+    assert chaos_rig.expected_services(n) == expected
 
 
 def test_hits_of_a_whmcs_fault_are_the_calls_it_struck_and_of_a_stream_fault_its_window():
@@ -161,14 +288,39 @@ def test_hits_of_a_whmcs_fault_are_the_calls_it_struck_and_of_a_stream_fault_its
     def between(start, end):
         return {o for at, o in approvals.items() if start <= at <= end}
 
+    seen = chaos_report.Seen(whmcs_hits, duplicates={A})
     add = Injection("add_503", 0.5)
-    assert chaos_report.hits(add, 0.6, between, whmcs_hits, set()) == {A}
+    assert chaos_report.hits(add, 0.6, between, seen) == {A}
     lost = Injection("lost_batch", 0.5)
-    assert chaos_report.hits(lost, 1.0, between, whmcs_hits, set()) == {A, B}
+    assert chaos_report.hits(lost, 1.0, between, seen) == {A, B}
     dup = Injection("duplicate", 0.5)
-    assert chaos_report.hits(dup, 8.0, between, whmcs_hits, {A}) == {A, C}
+    assert chaos_report.hits(dup, 8.0, between, seen) == {A, C}
     kill = Injection("kill_subscriber", 2.0, hit={A}, window=[2.0, 9.5])
-    assert chaos_report.hits(kill, None, between, whmcs_hits, set()) == {A, B, C}
+    assert chaos_report.hits(kill, None, between, seen) == {A, B, C}
+    crash = Injection("crash_redis", 2.0, hit={A}, window=[2.0, 2.5])
+    assert chaos_report.hits(crash, None, between, seen) == {A, B}  # B: approved while away
+
+
+def test_hits_of_the_refused_outcome_window_are_the_refused_and_the_order_made_to_fail():
+    seen = chaos_report.Seen({("AddOrder", "error"): {C}, ("AddOrder", "status"): {A}}, refused={B})
+    refuse = Injection("refuse_outcome", 1.0, window=[1.0, 9.0])
+    assert chaos_report.hits(refuse, None, lambda s, e: {A}, seen) == {B, C}
+    unpublished = Injection("unpublished", 1.0, hit={A})
+    assert chaos_report.hits(unpublished, None, lambda s, e: {B}, seen) == {A}
+
+
+def test_a_fault_that_found_nothing_to_strike_did_not_take_effect():
+    retry = Injection("retry_activated", 1.0, took=False)
+    taken = Injection("retry_activated", 2.0, hit={A}, kept={A: "7"})
+    state = world({A: order(ACTIVATED, whmcs="7")}, [WhmcsOrder(7, "Active", A)])
+    rows = chaos_report.fault_rows([retry, taken], lambda i: None, lambda i: i.hit, state, state)
+    assert [(r.label, r.injected, r.fired, len(r.hit)) for r in rows] == [
+        (chaos_faults.BY_KEY["retry_activated"].label, 2, 1, 1)
+    ]
+
+
+def test_no_fault_is_an_sf_query_fault_that_the_reconciler_could_take_instead_of_a_job():
+    assert not [k.key for k in chaos_faults.KINDS if k.target.startswith("sf.")]
 
 
 def test_outcomes_are_summarised_most_common_first():
@@ -280,14 +432,18 @@ def test_the_quick_chaos_run_passes_every_check_and_prints_its_table(tmp_path, t
         "every Activated order has exactly one WHMCS order, accepted, the one it records",
         "a Failed order that failed before whmcs_create has no WHMCS order (others at most one)",
         "no WHMCS order exists without a Salesforce order",
-        "every published event was enqueued at least once",
+        "every Activated order's WHMCS services match its quantities (one per unit, per allowqty)",
+        "every published event was enqueued at least once (or, lost with Redis, reconciled)",
+        "every approval whose event was never published was finished by the reconciler",
+        "a Retry on an Activated order keeps it Activated on its one WHMCS order",
         "every published event was fulfilled at most once",
-        "every approved order is Activated",
+        "every approved order is Activated after at most one Provision / Retry",
         "no secret or token in any log line or Salesforce field",
     ):
         assert f"| {name} | ok |" in output
     for kind in chaos_faults.kinds(transport):
         assert f"| {kind.label} | {kind.quick} |" in output
+    assert "retried in 1 round(s)" in output or "0 Failed orders retried" in output
     name = (
         "chaos-quick-latest.md" if transport == "cometd" else f"chaos-quick-{transport}-latest.md"
     )
