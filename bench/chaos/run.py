@@ -28,10 +28,12 @@ from typing import Any
 
 import redis
 
-from bench import chaos_check, chaos_report, chaos_state
-from bench.chaos_faults import BY_KEY, plan
-from bench.chaos_inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline
-from bench.chaos_rig import ChaosStack, Tuning, worker_class
+from bench.chaos import check as chaos_check
+from bench.chaos import report as chaos_report
+from bench.chaos import state as chaos_state
+from bench.chaos.inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline
+from bench.chaos.schedule import BY_KEY, plan
+from bench.chaos.stage import ChaosStack, Tuning, worker_class
 from bench.results import RESULTS_DIR
 from shared import keys
 from shared.queueing import provisioning_queue
@@ -365,7 +367,3 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s; `make chaos` passes SF_EVENTS_TRANSPORT)",
     )
     return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main())

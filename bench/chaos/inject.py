@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from bench.chaos_faults import BY_KEY, STREAM_TARGETS, Kind
+from bench.chaos.schedule import BY_KEY, STREAM_TARGETS, Kind
 from provisioner.kit.private_redis import RedisServer
 from provisioner.kit.supervisor import Child, Supervisor
 from sandbox.client import SandboxAdmin

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.chaos_check import Check, World, outcome
-from bench.chaos_faults import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
-from bench.chaos_inject import Injection
+from bench.chaos.check import Check, World, outcome
+from bench.chaos.inject import Injection
+from bench.chaos.schedule import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
 from provisioner.kit.supervisor import Respawn
 
 # CometD faults strike a connect; orders approved around it rode on the faulted exchange or on
