@@ -31,11 +31,10 @@ from bench.harness import (
     claim_bench_database,
     reset_database,
 )
-from bench.results import RESULTS_DIR, document, machine, markdown, write
+from bench.results import DEFAULT_DATABASE_URL, RESULTS_DIR, document, machine, markdown, write
 from shared.logs import configure_logging
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass(frozen=True)

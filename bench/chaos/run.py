@@ -34,12 +34,11 @@ from bench.chaos import state as chaos_state
 from bench.chaos.inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline
 from bench.chaos.schedule import BY_KEY, plan
 from bench.chaos.stage import ChaosStack, Tuning, worker_class
-from bench.results import RESULTS_DIR
+from bench.results import DEFAULT_DATABASE_URL, RESULTS_DIR, write_atomically
 from shared import keys
 from shared.queueing import provisioning_queue
 from worker.orchestrator import UNKNOWN_CREATE_MARGIN
 
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 QUEUE = "provisioning"
 RETRY_ROUNDS = 1  # the promise: one Provision / Retry activates every Failed order
 
@@ -341,9 +340,7 @@ def _write(text: str, out: Path, quick: bool, transport: str = "cometd") -> Path
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if transport == "cometd" else f"-{transport}"
     path = out / (f"chaos-quick{suffix}-latest.md" if quick else f"chaos{suffix}-latest.md")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, text)
     return path
 
 
