@@ -5,59 +5,17 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import redis
 from flask import Flask, Response, current_app, jsonify
-from sqlalchemy import Engine
 
 from healthcheck import dashboard, metrics, probes
-from shared.config import Settings
-from shared.connections import database_engine, redis_client
-from shared.servertime import server_now
+from healthcheck.dependencies import Dependencies
 from shared.startup import start
 
 # Each probe's budget; probes run side by side, so /health answers within about this long.
 PROBE_TIMEOUT = 1.5
 DISTRIBUTION = "sf-whmcs-provisioner"
-
-
-@dataclass
-class Dependencies:
-    """What the probes talk to; built once per process, connections opened lazily."""
-
-    settings: Settings
-    redis: redis.Redis
-    engine: Engine
-    flights: probes.Flights
-    timeout: float
-
-    @classmethod
-    def build(cls, settings: Settings, timeout: float) -> Dependencies:
-        return cls(
-            settings=settings,
-            redis=redis_client(settings.redis, socket_timeout=timeout),
-            engine=database_engine(settings.database_url, connect_timeout=timeout, pooled=False),
-            flights=probes.Flights(),
-            timeout=timeout,
-        )
-
-    def probe(self, now: float) -> dict[str, probes.Probe]:
-        """Database, Redis and the runbook's queue/replay probe, side by side, within the budget."""
-        secrets = self.settings.secrets()
-        channel = self.settings.events.channel
-        queue = self.settings.queue_name
-        bodies = {
-            "database": lambda: probes.timed(lambda: probes.ping_database(self.engine), secrets),
-            "redis": lambda: probes.timed(lambda: probes.ping_redis(self.redis), secrets),
-            "integrations": lambda: probes.timed(
-                # The heartbeat was stamped by Redis's clock, so its age is judged by it too.
-                lambda: probes.replay_storage(self.redis, queue, channel, server_now(self.redis)),
-                secrets,
-            ),
-        }
-        return self.flights.run(bodies, self.timeout)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, redirect, request
 
 from shared.config import DashboardSettings, RedisSettings, Settings
 from shared.connections import redis_client
+from shared.startup import start
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ def mount(app: Flask, settings: Settings) -> bool:
 def standalone_app() -> Flask:
     """rq-dashboard alone (compose's `rq-dashboard` service, gunicorn's
     `healthcheck.dashboard:standalone_app()`): at /rq, with / sending there."""
-    from shared.startup import start
-
     settings = start("rq-dashboard", needs=("dashboard",))
     dashboard = settings.dashboard
     if not dashboard.enabled:  # running this process is the request to enable it

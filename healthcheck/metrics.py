@@ -10,7 +10,7 @@ costs the same over a thousand orders as over a million step rows (`make bench`)
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,11 +19,9 @@ from prometheus_client.metrics_core import Metric
 from sqlalchemy import Engine, func, select
 
 from healthcheck import probes
+from healthcheck.dependencies import Dependencies
 from shared import db, keys
 from shared.servertime import server_now
-
-if TYPE_CHECKING:
-    from healthcheck.app import Dependencies
 
 PREFIX = "provisioning"
 # Step durations in seconds: Salesforce and WHMCS calls take tens of ms to tens of seconds.

@@ -39,6 +39,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from shared.errors import SchemaError
+
 metadata = MetaData()
 
 
@@ -133,10 +135,6 @@ step_counts = Table(
 BASELINE = "0001"
 LEGACY_TABLE = "schema_version"
 UPGRADE_LOCK = 0x5F_DB_16  # a PostgreSQL advisory lock key of our own
-
-
-class SchemaError(RuntimeError):
-    pass
 
 
 def alembic_config(conn: Connection | None = None) -> Config:

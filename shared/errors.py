@@ -2,6 +2,8 @@
 
     ProvisioningError                 .code -> Activation_Error_Code__c, str() -> short message
     ├── ConfigError                   bad environment; processes exit 2 without a traceback
+    ├── SchemaError                   SCHEMA: the database is not at this release's schema; the
+    │                                 processes refuse to start until `provisioner db upgrade`
     ├── OrderError                    the order itself cannot be fulfilled as it stands
     │   ├── InvalidEvent              INVALID_ORDER_ID: the event names no well-formed Order id
     │   ├── OrderNotFound             ORDER_NOT_FOUND
@@ -52,6 +54,12 @@ class ConfigError(ProvisioningError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class SchemaError(ProvisioningError):
+    """The database schema is not the one this release was written for (shared/db.py check)."""
+
+    code = "SCHEMA"
 
 
 class OrderError(ProvisioningError):

@@ -39,8 +39,9 @@ def default(name: str) -> str:
 
 def python_files() -> Iterator[tuple[str, ast.Module]]:
     for package in PACKAGES:
-        for path in sorted((ROOT / package).glob("*.py")):
-            yield f"{package}.{path.stem}", ast.parse(path.read_text(), str(path))
+        for path in sorted((ROOT / package).rglob("*.py")):  # subpackages too (provisioner/doctor/)
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            yield module, ast.parse(path.read_text(), str(path))
 
 
 def rendered(node: ast.AST) -> str | None:

@@ -31,6 +31,7 @@ def test_short_message_removes_secrets():
         (errors.HttpStatusError("x", system="whmcs", status=503), "503"),
         (errors.MappingError("x", code="UNMAPPED_PRODUCT"), "UNMAPPED_PRODUCT"),
         (errors.WorkerLost("x"), "WORKER_LOST"),
+        (errors.SchemaError("x"), "SCHEMA"),
     ],
 )
 def test_every_error_knows_its_code(error, code):

@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, case, func, inspect, select
 
-from provisioner import db_cmd
+from provisioner.commands import database_admin
 from shared import db
 from shared.connections import database_engine
 from tests import legacy_schema
@@ -55,8 +55,8 @@ def differences(engine: Engine) -> list:
 def db_command(url: str, monkeypatch, *argv: str) -> int:
     monkeypatch.setenv("DATABASE_URL", url)
     parser = argparse.ArgumentParser()
-    db_cmd.add_arguments(parser)
-    return db_cmd.run(parser.parse_args(argv))
+    database_admin.add_arguments(parser)
+    return database_admin.run(parser.parse_args(argv))
 
 
 def test_an_empty_database_is_upgraded_to_head(empty_engine):
@@ -128,7 +128,7 @@ def test_check_refuses_an_empty_or_old_database(empty_engine):
 
 def test_db_check_exit_code_says_whether_the_schema_is_current(tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    assert db_command(url, monkeypatch, "check") == db_cmd.EXIT_STALE
+    assert db_command(url, monkeypatch, "check") == database_admin.EXIT_STALE
     assert "provisioner db upgrade" in capsys.readouterr().out
     assert db_command(url, monkeypatch, "upgrade") == 0
     assert f"schema at revision {db.head()}" in capsys.readouterr().out
@@ -138,7 +138,7 @@ def test_db_check_exit_code_says_whether_the_schema_is_current(tmp_path, monkeyp
 
 def test_db_check_tells_an_unreachable_database_apart(monkeypatch, capsys):
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # nothing listens on port 1
-    assert db_command(url, monkeypatch, "check") == db_cmd.EXIT_UNREACHABLE
+    assert db_command(url, monkeypatch, "check") == database_admin.EXIT_UNREACHABLE
     assert "unreachable" in capsys.readouterr().out
 
 

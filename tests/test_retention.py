@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
-from provisioner import db_cmd
+from provisioner.commands import database_admin
 from shared import db, retention
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -100,9 +100,9 @@ def test_db_prune_command(sqlite_url, sqlite_engine, monkeypatch, capsys):
     attempt(sqlite_engine, "A", "activated", now - timedelta(days=40))
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
     parser = argparse.ArgumentParser()
-    db_cmd.add_arguments(parser)
+    database_admin.add_arguments(parser)
 
-    assert db_cmd.run(parser.parse_args(["prune"])) == 0  # the default age keeps 40 days
+    assert database_admin.run(parser.parse_args(["prune"])) == 0  # the default age keeps 40 days
     assert "pruned 0 attempts" in capsys.readouterr().out
-    assert db_cmd.run(parser.parse_args(["prune", "--older-than", "30d"])) == 0
+    assert database_admin.run(parser.parse_args(["prune", "--older-than", "30d"])) == 0
     assert "pruned 1 attempts and 4 step rows" in capsys.readouterr().out

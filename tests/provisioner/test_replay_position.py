@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from provisioner import replay as replay_cmd
+from provisioner.commands import replay_position
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from subscriber.heartbeat import Heartbeat
@@ -22,8 +22,8 @@ def run(redis_url, redis_conn, monkeypatch, capsys):
 
     def run(*argv: str) -> tuple[int, str]:
         parser = argparse.ArgumentParser()
-        replay_cmd.add_arguments(parser)
-        code = replay_cmd.run(parser.parse_args(argv))
+        replay_position.add_arguments(parser)
+        code = replay_position.run(parser.parse_args(argv))
         return code, capsys.readouterr().out
 
     return run

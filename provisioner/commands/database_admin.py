@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared import db, retention
 from shared.connections import database_engine
+from shared.errors import SchemaError
 from shared.startup import start
 
 EXIT_STALE, EXIT_UNREACHABLE = 1, 3  # 2 is a configuration error, as for every process
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             f"finished before {cutoff:%Y-%m-%d %H:%M}Z"
         )
         return 0
-    except db.SchemaError as exc:
+    except SchemaError as exc:
         print(str(exc))
         return EXIT_STALE
     except SQLAlchemyError as exc:

@@ -1,17 +1,13 @@
-"""Operator side: `provisioner mappings`, `provisioner status`, `python -m worker` start-up."""
+"""`provisioner mappings` and `provisioner status` against a real database."""
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pytest
 
-from provisioner import mappings, status
-from shared import db
-from shared.connections import database_engine
+from provisioner.commands import account_mappings, order_status
 from worker.records import FAILED, Records, StepRecord
 
 ACCOUNT = "0015g00000XYZ12AAH"
@@ -32,15 +28,15 @@ def database(sqlite_url, sqlite_engine, monkeypatch):
 
 
 def test_mappings_set_import_and_list(database, tmp_path, capsys):
-    assert command(mappings, "set", ACCOUNT[:15], "42", "--note", "ticket 7") == 0
+    assert command(account_mappings, "set", ACCOUNT[:15], "42", "--note", "ticket 7") == 0
     assert database.client_for_account(ACCOUNT) == 42  # stored in the 18-character form
     csv_path = tmp_path / "map.csv"
     csv_path.write_text(
         "AccountId,ClientId,note\n0015g00000XYZ13AAH,43,\n0015g00000XYZ14AAH,44,b\n"
     )
-    assert command(mappings, "import", str(csv_path)) == 0
+    assert command(account_mappings, "import", str(csv_path)) == 0
     capsys.readouterr()
-    assert command(mappings, "list") == 0
+    assert command(account_mappings, "list") == 0
     out = capsys.readouterr().out
     assert ACCOUNT in out and "ticket 7" in out and "0015g00000XYZ14AAH" in out
 
@@ -57,7 +53,7 @@ def test_mappings_set_import_and_list(database, tmp_path, capsys):
 def test_a_bad_csv_imports_nothing(database, tmp_path, content, capsys):
     csv_path = tmp_path / "map.csv"
     csv_path.write_text(content)
-    assert command(mappings, "import", str(csv_path)) == 1
+    assert command(account_mappings, "import", str(csv_path)) == 1
     assert database.mappings() == []
     assert "provisioner mappings:" in capsys.readouterr().err
 
@@ -76,45 +72,10 @@ def test_status_prints_the_timeline(database, capsys):
         error_message="Payment method missing",
         finished_at=now,
     )
-    assert command(status, ORDER[:15]) == 0
+    assert command(order_status, ORDER[:15]) == 0
     out = capsys.readouterr().out
     assert "Attempt 1  FAILED  job evt-1" in out
     assert "error 409: Payment method missing" in out
     assert "payment_method" in out and "validation" in out
-    assert command(status, "8015g00000AbCdFAAV") == 1
-    assert command(status, "'; DROP TABLE") == 2
-
-
-def _run_worker(env, *args):
-    base = {"PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_worker_help():
-    done = _run_worker({}, "--help")
-    assert done.returncode == 0 and "--worker-class" in done.stdout and "--burst" in done.stdout
-
-
-def test_worker_names_missing_variables_and_exits_2():
-    done = _run_worker({})
-    assert done.returncode == 2
-    for name in ("SF_LOGIN_URL", "PORTAL_PRICEBOOK_ID", "WHMCS_API_URL"):
-        assert name in done.stderr
-
-
-def test_worker_refuses_a_database_without_the_schema(tmp_path, app_env):
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    engine = database_engine(url)
-    with engine.connect():
-        pass
-    done = _run_worker({**app_env, "DATABASE_URL": url}, "--burst")
-    assert done.returncode == 2
-    assert "provisioner db upgrade" in done.stderr
-    db.upgrade(engine)
-    engine.dispose()
+    assert command(order_status, "8015g00000AbCdFAAV") == 1
+    assert command(order_status, "'; DROP TABLE") == 2

@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import requests
-
 from healthcheck import probes
-from provisioner.doctor import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
+from provisioner.doctor.checklist import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
 from shared import keys, outbox
 from shared.errors import AuthError, IntegrationError, RemoteError
 from shared.servertime import server_now
-from shared.sfauth import Token
 from shared.sfid import is_valid_id, to18
+from subscriber.cometd import BayeuxClient
 from subscriber.heartbeat import dead_letters as read_dead_letters
+from subscriber.replay import TIP
 from worker import mapping
 from worker.reconciler import read_state as read_reconciler
 
@@ -144,24 +143,23 @@ def key_file(ctx: Context) -> Verdict:
 
 
 def redis_store(ctx: Context) -> Verdict:
-    probe = _store(ctx, lambda: probes.ping_redis(ctx.redis()))
+    probe = _store(ctx, lambda: probes.ping_redis(ctx.redis))
     if not probe.ok:
         return failed(f"Redis {probe.status}: {probe.error}", FIX_REDIS)
     return passed(f"PING answered in {probe.latency_ms:.0f} ms")
 
 
 def database_store(ctx: Context) -> Verdict:
-    probe = _store(ctx, lambda: probes.ping_database(ctx.engine()))
+    probe = _store(ctx, lambda: probes.ping_database(ctx.engine))
     if not probe.ok:
         return failed(f"database {probe.status}: {probe.error}", FIX_DATABASE)
     version = probe.details["schema_version"]
     if not probe.details["schema_current"]:
         return failed(
-            f"{ctx.engine().dialect.name} answers, "
-            f"but its schema is at revision {version or 'none'}",
+            f"{ctx.engine.dialect.name} answers, but its schema is at revision {version or 'none'}",
             "run `provisioner db upgrade`",
         )
-    return passed(f"{ctx.engine().dialect.name} answers; schema at revision {version} (current)")
+    return passed(f"{ctx.engine.dialect.name} answers; schema at revision {version} (current)")
 
 
 # --- Salesforce -----------------------------------------------------------------------------------
@@ -170,7 +168,7 @@ def database_store(ctx: Context) -> Verdict:
 def salesforce_login(ctx: Context) -> Verdict:
     sf = ctx.s.salesforce
     try:
-        token = ctx.tokens().current()
+        token = ctx.tokens.current()
     except AuthError as exc:
         return failed(str(exc), FIX_JWT)
     except IntegrationError as exc:
@@ -196,10 +194,8 @@ def events_enabled(ctx: Context) -> Verdict:
 def event_channel(ctx: Context) -> Verdict:
     channel = ctx.s.events.channel
     try:
-        error = subscribe_once(
-            ctx.session(), ctx.tokens().current(), ctx.s.salesforce.api_version, channel
-        )
-    except (requests.RequestException, ValueError) as exc:
+        error = subscribe_once(bayeux_client(ctx), channel)
+    except IntegrationError as exc:
         return failed(f"CometD endpoint failed: {type(exc).__name__}: {exc}", FIX_NO_EVENTS)
     if error:
         return failed(
@@ -210,51 +206,38 @@ def event_channel(ctx: Context) -> Verdict:
     return passed(f"CometD handshake and subscribe to {channel} accepted (then disconnected)")
 
 
-def subscribe_once(session: requests.Session, token: Token, version: str, channel: str) -> str:
-    """Handshake, subscribe (new events only), disconnect; "" when accepted, else why not."""
-    url = f"{token.instance_url.rstrip('/')}/cometd/{version}"
-    headers = {"Authorization": f"Bearer {token.access_token}"}
-
-    def send(message: dict[str, Any]) -> dict[str, Any]:
-        reply = session.post(url, json=[message], headers=headers)
-        if reply.status_code != 200:
-            return {"successful": False, "error": f"HTTP {reply.status_code}"}
-        answers = [m for m in reply.json() if m.get("channel") == message["channel"]]
-        return answers[0] if answers else {"successful": False, "error": "no reply"}
-
-    shake = send(
-        {
-            "channel": "/meta/handshake",
-            "version": "1.0",
-            "minimumVersion": "1.0",
-            "supportedConnectionTypes": ["long-polling"],
-            "id": "1",
-            "ext": {"replay": True},
-        }
+def bayeux_client(ctx: Context) -> BayeuxClient:
+    """The subscriber's own CometD client, on the doctor's token and a session of its own."""
+    sf, token = ctx.s.salesforce, ctx.tokens.current()
+    url = f"{token.instance_url.rstrip('/')}/cometd/{sf.api_version}"
+    return BayeuxClient(
+        url,
+        token.access_token,
+        ctx.session(),
+        connect_timeout=sf.connect_timeout,
+        request_timeout=sf.timeout,
     )
-    if not shake.get("successful"):
-        reason = (shake.get("ext") or {}).get("sfdc", {}).get("failureReason", "")
-        return f"CometD handshake refused: {shake.get('error')} {reason}".strip()
-    client_id = shake.get("clientId")
+
+
+def subscribe_once(client: BayeuxClient, channel: str) -> str:
+    """Handshake, subscribe (new events only), disconnect; "" when accepted, else why not."""
     try:
-        sub = send(
-            {
-                "channel": "/meta/subscribe",
-                "clientId": client_id,
-                "subscription": channel,
-                "id": "2",
-                "ext": {"replay": {channel: -1}},
-            }
-        )
+        shake = client.handshake()
+        if not shake.successful:
+            return f"CometD handshake refused: {shake.error} {shake.failure_reason}".strip()
+        try:
+            sub = client.subscribe(channel, TIP)
+        finally:
+            client.disconnect(client.request_timeout)
     finally:
-        send({"channel": "/meta/disconnect", "clientId": client_id, "id": "3"})
-    if not sub.get("successful"):
-        return f"subscribe to {channel} refused: {sub.get('error')}"
+        client.close()
+    if not sub.successful:
+        return f"subscribe to {channel} refused: {sub.error}"
     return ""
 
 
 def order_fields(ctx: Context) -> Verdict:
-    described = ctx.salesforce().describe("Order")
+    described = ctx.salesforce.describe("Order")
     fields = {str(f.get("name")): f for f in described.get("fields", []) if isinstance(f, Mapping)}
     problems = field_problems(fields)
     if problems:
@@ -283,8 +266,8 @@ def field_problems(fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def subscriber_heartbeat(ctx: Context) -> Verdict:
-    heartbeat = probes.read_heartbeat(ctx.redis(), ctx.s.events.channel)
-    return heartbeat_verdict(heartbeat, server_now(ctx.redis()), ctx.s.events.channel)
+    heartbeat = probes.read_heartbeat(ctx.redis, ctx.s.events.channel)
+    return heartbeat_verdict(heartbeat, server_now(ctx.redis), ctx.s.events.channel)
 
 
 def heartbeat_verdict(heartbeat: Mapping[str, str], now: float, channel: str) -> Verdict:
@@ -314,10 +297,10 @@ def heartbeat_verdict(heartbeat: Mapping[str, str], now: float, channel: str) ->
 def replay_progress(ctx: Context) -> Verdict:
     channel, transport = ctx.s.events.channel, ctx.s.events.transport
     # The position of the transport in use (SF_EVENTS_TRANSPORT): Pub/Sub keeps its own key.
-    stored = probes.read_position(ctx.redis(), channel, transport)["replay_id"]
-    heartbeat = probes.read_heartbeat(ctx.redis(), channel)
+    stored = probes.read_position(ctx.redis, channel, transport)["replay_id"]
+    heartbeat = probes.read_heartbeat(ctx.redis, channel)
     key = keys.pubsub_replay_key(channel) if transport == "pubsub" else None
-    return replay_verdict(stored, heartbeat, server_now(ctx.redis()), channel, key)
+    return replay_verdict(stored, heartbeat, server_now(ctx.redis), channel, key)
 
 
 def replay_verdict(
@@ -357,8 +340,8 @@ def replay_verdict(
 
 def dead_letters(ctx: Context) -> Verdict:
     channel = ctx.s.events.channel
-    records = read_dead_letters(ctx.redis(), channel, limit=1)
-    total = probes.as_int(probes.read_heartbeat(ctx.redis(), channel).get("dead_letters")) or 0
+    records = read_dead_letters(ctx.redis, channel, limit=1)
+    total = probes.as_int(probes.read_heartbeat(ctx.redis, channel).get("dead_letters")) or 0
     return dead_letters_verdict(records[0] if records else None, total, ctx.now, channel)
 
 
@@ -381,7 +364,7 @@ def dead_letters_verdict(
 
 def reconciler(ctx: Context) -> Verdict:
     settings = ctx.s
-    state = read_reconciler(ctx.redis())
+    state = read_reconciler(ctx.redis)
     return reconciler_verdict(state, ctx.now, settings.reconcile_interval, settings.reconcile_after)
 
 
@@ -417,7 +400,7 @@ def reconciler_verdict(
 
 
 def waiting_outcomes(ctx: Context) -> Verdict:
-    entries = outbox.entries(ctx.redis())
+    entries = outbox.entries(ctx.redis)
     return outbox_verdict({k: outbox.Waiting.loads(v) for k, v in entries.items()}, ctx.now)
 
 
@@ -443,7 +426,7 @@ def outbox_verdict(waiting: Mapping[str, outbox.Waiting | None], now: float) -> 
 
 def whmcs_credentials(ctx: Context) -> Verdict:
     try:
-        ctx.whmcs().get_products()
+        ctx.whmcs.get_products()
     except AuthError as exc:
         if permission_denied(exc):
             return passed(f"{ctx.s.whmcs.api_url} accepted the credentials ({exc})")
@@ -511,7 +494,7 @@ def whmcs_role(ctx: Context) -> Verdict:
     answers = {}
     for action, params in ROLE_PROBES.items():
         try:
-            ctx.whmcs().call(action, params, write=action in WRITE_ACTIONS)
+            ctx.whmcs.call(action, params, write=action in WRITE_ACTIONS)
             answers[action] = classify_action(None)
         except IntegrationError as exc:
             answers[action] = classify_action(exc)
@@ -534,7 +517,7 @@ def product_mapping(ctx: Context) -> Verdict:
     pricebook = ctx.s.pricebook_id
     if not is_valid_id(pricebook):
         return failed(f"PORTAL_PRICEBOOK_ID={pricebook!r} is not a Salesforce id", FIX_MAPPING)
-    rows = ctx.salesforce().query(
+    rows = ctx.salesforce.query(
         "SELECT Id, Product2Id, Product2.Name, Product2.ProductCode, Product2.IsActive, "
         "Product2.WH_Product_ID__c, Product2.Billing_Cycle__c FROM PricebookEntry "
         f"WHERE Pricebook2Id = '{to18(pricebook)}' AND IsActive = true"
@@ -546,7 +529,7 @@ def product_mapping(ctx: Context) -> Verdict:
             f"price book {pricebook} has no active products",
             "check PORTAL_PRICEBOOK_ID and the price book's active entries",
         )
-    catalogue = {int(p["pid"]): p for p in ctx.whmcs().get_products() if "pid" in p}
+    catalogue = {int(p["pid"]): p for p in ctx.whmcs.get_products() if "pid" in p}
     gaps = coverage_gaps(active, catalogue)
     if gaps:
         return failed(

@@ -1,19 +1,14 @@
-"""`provisioner doctor [--order ID] [--json]`: the runbook's checklist, walked by the software.
-
-Each check is a small function returning a Verdict; the runner names it, skips it (as failed)
-when a check it builds on failed, and never lets one crash the others. Exit status 1 when any
-line failed, so scripts and CI can gate on it.
+"""The doctor's checklist kit: a Check is a named function returning a Verdict; the runner skips
+it (as failed) when a check it builds on failed, and never lets one crash the others.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import redis
 import requests
@@ -34,19 +29,12 @@ STORE_TIMEOUT = 3.0
 
 @dataclass(frozen=True)
 class Verdict:
+    """One checklist line: what a check found and, when it failed, the runbook's fix."""
+
     ok: bool
     detail: str
     fix: str = ""
-
-
-@dataclass(frozen=True)
-class Result:
-    """One checklist line: the record `--json` prints."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
+    name: str = ""  # the check's, set by the runner
 
 
 def passed(detail: str) -> Verdict:
@@ -86,58 +74,46 @@ class Context:
     settings: Settings | None
     problems: dict[str, list[str]]
     now: float = field(default_factory=time.time)
-    results: dict[str, Result] = field(default_factory=dict)
+    results: dict[str, Verdict] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # what one check hands the next
-    _redis: redis.Redis | None = None
-    _engine: Engine | None = None
-    _tokens: DoctorTokens | None = None
-    _salesforce: SalesforceClient | None = None
-    _whmcs: WhmcsClient | None = None
 
     @property
     def s(self) -> Settings:
         assert self.settings is not None, "checks run only with core settings"
         return self.settings
 
+    @cached_property
     def redis(self) -> redis.Redis:
-        if self._redis is None:
-            self._redis = redis_client(self.s.redis, socket_timeout=STORE_TIMEOUT)
-        return self._redis
+        return redis_client(self.s.redis, socket_timeout=STORE_TIMEOUT)
 
+    @cached_property
     def engine(self) -> Engine:
-        if self._engine is None:
-            url = self.s.database_url
-            self._engine = database_engine(url, connect_timeout=STORE_TIMEOUT, pooled=False)
-        return self._engine
+        return database_engine(self.s.database_url, connect_timeout=STORE_TIMEOUT, pooled=False)
 
+    @cached_property
     def tokens(self) -> DoctorTokens:
-        if self._tokens is None:
-            self._tokens = DoctorTokens(self.s.salesforce, self.redis(), self.session())
-        return self._tokens
+        return DoctorTokens(self.s.salesforce, self.redis, self.session())
 
     def session(self) -> requests.Session:
         sf = self.s.salesforce
         return TimeoutSession(sf.connect_timeout, sf.timeout)
 
+    @cached_property
     def salesforce(self) -> SalesforceClient:
-        if self._salesforce is None:
-            self._salesforce = SalesforceClient(self.s.salesforce, self.tokens(), self.session())
-        return self._salesforce
+        return SalesforceClient(self.s.salesforce, self.tokens, self.session())
 
+    @cached_property
     def whmcs(self) -> WhmcsClient:
-        if self._whmcs is None:
-            self._whmcs = WhmcsClient(self.s.whmcs)
-        return self._whmcs
+        return WhmcsClient(self.s.whmcs)
 
     def close(self) -> None:
-        if self._redis is not None:
-            self._redis.close()
-        if self._engine is not None:
-            self._engine.dispose()
-        if self._salesforce is not None:
-            self._salesforce.close()
-        if self._whmcs is not None:
-            self._whmcs.close()
+        """Close the clients built (a cached_property not yet read is not in vars(self))."""
+        built = vars(self)
+        if "engine" in built:
+            self.engine.dispose()
+        for name in ("redis", "salesforce", "whmcs"):
+            if name in built:
+                built[name].close()
 
 
 def load_context() -> Context:
@@ -154,7 +130,7 @@ def load_context() -> Context:
     return Context(settings, problems)
 
 
-def run_checks(ctx: Context, checks: Iterable[Check]) -> list[Result]:
+def run_checks(ctx: Context, checks: Iterable[Check]) -> list[Verdict]:
     out = []
     for check in checks:
         result = run_one(ctx, check)
@@ -163,17 +139,17 @@ def run_checks(ctx: Context, checks: Iterable[Check]) -> list[Result]:
     return out
 
 
-def run_one(ctx: Context, check: Check) -> Result:
+def run_one(ctx: Context, check: Check) -> Verdict:
     blocked = _blocked(ctx, check)
     if blocked is not None:
-        return Result(check.name, False, f"not checked: {blocked}", f"fix '{blocked}' first")
+        return Verdict(False, f"not checked: {blocked}", f"fix '{blocked}' first", check.name)
     try:
         verdict = check.run(ctx)
     except IntegrationError as exc:  # a dependency failed half way through the check
         verdict = failed(str(exc), f"see the {exc.system} checks above; then run the doctor again")
     except Exception as exc:  # one broken check must not hide the rest of the list
         verdict = failed(f"check crashed: {type(exc).__name__}: {exc}", "report this as a bug")
-    return Result(check.name, verdict.ok, scrub(verdict.detail), scrub(verdict.fix))
+    return Verdict(verdict.ok, scrub(verdict.detail), scrub(verdict.fix), check.name)
 
 
 def _blocked(ctx: Context, check: Check) -> str | None:
@@ -186,43 +162,3 @@ def _blocked(ctx: Context, check: Check) -> str | None:
         if prior is None or not prior.ok:
             return name
     return None
-
-
-# --- the command ----------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--order", metavar="ORDER_ID", help="diagnose one Salesforce Order")
-    parser.add_argument("--json", action="store_true", help="print JSON for machines")
-
-
-def run(args: argparse.Namespace) -> int:
-    from provisioner import doctor_checks, doctor_order
-
-    ctx = load_context()
-    try:
-        results = run_checks(ctx, doctor_checks.CHECKS)
-        if args.order:
-            results += run_checks(ctx, doctor_order.checks(args.order))
-    finally:
-        ctx.close()
-    render(results, as_json=args.json, out=sys.stdout)
-    return 0 if all(r.ok for r in results) else 1
-
-
-def render(results: list[Result], *, as_json: bool, out: TextIO) -> None:
-    failures = sum(not r.ok for r in results)
-    if as_json:
-        body = {"ok": failures == 0, "checks": [asdict(r) for r in results]}
-        json.dump(body, out, indent=2)
-        out.write("\n")
-        return
-    for r in results:
-        out.write(f"[{'PASS' if r.ok else 'FAIL'}] {r.name}: {_indent(r.detail)}\n")
-        if not r.ok and r.fix:
-            out.write(f"       fix: {_indent(r.fix)}\n")
-    out.write(f"\n{len(results) - failures} passed, {failures} failed\n")
-
-
-def _indent(text: str) -> str:
-    return text.replace("\n", "\n       ")

@@ -47,28 +47,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = start("provisioner", needs=(), log=False)
-    channel = args.channel or settings.events.channel
-    transport = args.transport or settings.events.transport
+    channel, mode = args.channel or settings.events.channel, settings.events.replay
+    pubsub = (args.transport or settings.events.transport) == "pubsub"
     connection = redis_client(settings.redis)
+    if pubsub:
+        store, (parse, shown, show_all, refused) = PubSubReplayStore(connection, channel), PUBSUB
+    else:
+        store, (parse, shown, show_all, refused) = ReplayStore(connection, channel), COMETD
     try:
-        if transport == "pubsub":
-            return run_pubsub(args, PubSubReplayStore(connection, channel), settings.events.replay)
-        store = ReplayStore(connection, channel)
         if args.action == "show":
-            print(show(store, settings.events.replay, server_now(connection)))
+            print(show_all(store, mode, server_now(connection)))
             return 0
+        before, after = store.get(), None
         if args.action == "set":
-            replay_id = _as_int(args.replay_id)
-            if replay_id is None or replay_id < EARLIEST:
-                print("replay id must be -2, -1 or a replay id Salesforce gave out")
+            after = parse(args.replay_id)
+            if after is None:
+                print(refused)
                 return 2
-            before = store.get()
-            store.set(replay_id)
-            print(f"{store.key}: {_position(before)} -> {_position(replay_id)}")
+            store.set(after)
         else:
-            before = store.get()
             store.reset()
-            print(f"{store.key}: {_position(before)} -> none")
+        print(f"{store.key}: {shown(before)} -> {shown(after)}")
         print(APPLY)
         return 0
     finally:
@@ -76,25 +75,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 APPLY = "Takes effect at the subscriber's next subscription: restart it to apply now."
-
-
-def run_pubsub(args: argparse.Namespace, store: PubSubReplayStore, mode: str) -> int:
-    if args.action == "show":
-        print(show_pubsub(store, mode, server_now(store.redis)))
-        return 0
-    before = store.get()
-    if args.action == "set":
-        replay_id = pubsub_replay.parse(args.replay_id)
-        if replay_id is None:
-            print("a Pub/Sub replay id is the hex `provisioner replay show` prints")
-            return 2
-        store.set(replay_id)
-        print(f"{store.key}: {_hex(before)} -> {_hex(replay_id)}")
-    else:
-        store.reset()
-        print(f"{store.key}: {_hex(before)} -> none")
-    print(APPLY)
-    return 0
 
 
 def show_pubsub(store: PubSubReplayStore, mode: str, now: float) -> str:
@@ -120,11 +100,13 @@ def _hex(value: bytes | None) -> str:
     return value.hex() + (f" ({number})" if number is not None else "")
 
 
-def _as_int(text: str) -> int | None:
+def _cometd_id(text: str) -> int | None:
+    """A replay id Salesforce gave out, -1 or -2; None for anything else."""
     try:
-        return int(text)
+        replay_id = int(text)
     except ValueError:
         return None
+    return replay_id if replay_id >= EARLIEST else None
 
 
 def show(store: ReplayStore, mode: str, now: float) -> str:
@@ -198,3 +180,18 @@ def _when(stamp: object) -> str:
     except ValueError:
         return "?"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Each transport's position: how `set` reads an id, how one is shown, `show`, a refused id.
+COMETD = (
+    _cometd_id,
+    _position,
+    show,
+    "replay id must be -2, -1 or a replay id Salesforce gave out",
+)
+PUBSUB = (
+    pubsub_replay.parse,
+    _hex,
+    show_pubsub,
+    "a Pub/Sub replay id is the hex `provisioner replay show` prints",
+)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,19 +15,19 @@ import time
 import pytest
 from rq import SimpleWorker
 
-from provisioner import doctor_checks, doctor_order
-from provisioner.doctor import Context, Result, run_checks
+from provisioner.doctor import checks, order_checks
+from provisioner.doctor.checklist import Context, Verdict, run_checks
 from sandbox.fixtures import standard_document
-from shared import keys, outbox
-from shared.config import DEFAULT_CHANNEL
+from shared import keys, outbox, whmcs
+from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.queueing import JOB_PATH, provisioning_queue
 from subscriber import intake
 from subscriber.heartbeat import Heartbeat
 from tests.fixtures.outages import free_port
 from worker import jobs
 
-ALL = [check.name for check in doctor_checks.CHECKS]
-CHECK = {check.name: check for check in doctor_checks.CHECKS}
+ALL = [check.name for check in checks.CHECKS]
+CHECK = {check.name: check for check in checks.CHECKS}
 
 
 @pytest.fixture
@@ -50,15 +52,15 @@ def healthy(world, redis_conn) -> dict:
     return world
 
 
-def diagnose(settings, checks=doctor_checks.CHECKS) -> dict[str, Result]:
+def diagnose(settings, lines=checks.CHECKS) -> dict[str, Verdict]:
     ctx = Context(settings, problems={})
     try:
-        return {r.name: r for r in run_checks(ctx, checks)}
+        return {r.name: r for r in run_checks(ctx, lines)}
     finally:
         ctx.close()
 
 
-def failures(results: dict[str, Result]) -> dict[str, str]:
+def failures(results: dict[str, Verdict]) -> dict[str, str]:
     return {name: r.detail for name, r in results.items() if not r.ok}
 
 
@@ -118,7 +120,7 @@ NOW = 1_800_000_000.0
     ],
 )
 def test_reconciler_verdict(state, ok, fragment):
-    verdict = doctor_checks.reconciler_verdict(state, NOW, 60, 300)
+    verdict = checks.reconciler_verdict(state, NOW, 60, 300)
     assert verdict.ok is ok and fragment in verdict.detail
 
 
@@ -162,9 +164,15 @@ def test_refused_subscription_fails_the_event_channel(app_settings, healthy, san
     assert "No events received" in channel.fix
 
 
-def test_events_disabled_fails_with_the_runbook_fix(app_env, healthy):
-    from shared.config import load_settings
+def test_cometd_answering_http_errors_fails_the_event_channel(app_settings, healthy, sandbox_admin):
+    sandbox_admin.add_fault("cometd.subscribe", "status", status=503)
+    channel = diagnose(app_settings)["event channel subscribable"]
+    assert not channel.ok
+    assert "CometD endpoint failed" in channel.detail and "HTTP 503" in channel.detail
+    assert "No events received" in channel.fix
 
+
+def test_events_disabled_fails_with_the_runbook_fix(app_env, healthy):
     env = {**app_env, "SF_EVENTS_ENABLED": "false"}
     settings = load_settings(env, needs={"salesforce", "events", "orders", "whmcs"})
     result = diagnose(settings)["events enabled"]
@@ -178,8 +186,6 @@ def test_events_disabled_fails_with_the_runbook_fix(app_env, healthy):
 def test_wrong_whmcs_secret_fails_credentials_and_sends_nothing_more(
     app_env, healthy, sandbox_admin
 ):
-    from shared.config import load_settings
-
     env = {**app_env, "WHMCS_API_SECRET": "not-the-secret"}
     settings = load_settings(env, needs={"salesforce", "events", "orders", "whmcs"})
     results = diagnose(settings)
@@ -195,7 +201,7 @@ def test_wrong_whmcs_secret_fails_credentials_and_sends_nothing_more(
 
 
 def test_role_without_accept_order_fails_the_role_check(app_settings, healthy, sandbox_admin):
-    allowed = [a for a in doctor_checks.ROLE_PROBES if a != "AcceptOrder"]
+    allowed = [a for a in checks.ROLE_PROBES if a != "AcceptOrder"]
     sandbox_admin.set_role(allowed)
     results = diagnose(app_settings)
     role = results["whmcs api role"]
@@ -208,13 +214,8 @@ def test_role_without_accept_order_fails_the_role_check(app_settings, healthy, s
 
 
 def test_role_probes_cover_every_action_the_client_sends():
-    import inspect
-    import re
-
-    from shared import whmcs
-
     sent = set(re.findall(r'self\.call\(\s*"(\w+)"', inspect.getsource(whmcs.WhmcsClient)))
-    assert sent == set(doctor_checks.ROLE_PROBES)
+    assert sent == set(checks.ROLE_PROBES)
 
 
 @pytest.mark.parametrize(
@@ -264,7 +265,7 @@ def test_stalled_subscriber_fails_the_heartbeat(app_settings, healthy, redis_con
     assert set(failures(results)) == {"subscriber heartbeat"}
 
 
-def wait_for_heartbeat(settings, ok: bool, timeout: float = 30.0) -> Result:
+def wait_for_heartbeat(settings, ok: bool, timeout: float = 30.0) -> Verdict:
     deadline = time.monotonic() + timeout
     while True:
         result = diagnose(settings, [CHECK["redis"], CHECK["subscriber heartbeat"]])
@@ -353,7 +354,7 @@ NOW = 1_800_000_000.0
     ],
 )
 def test_replay_verdict(stored, heartbeat, ok):
-    assert doctor_checks.replay_verdict(stored, heartbeat, NOW, DEFAULT_CHANNEL).ok is ok
+    assert checks.replay_verdict(stored, heartbeat, NOW, DEFAULT_CHANNEL).ok is ok
 
 
 # --- one order ------------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ def test_order_without_pay_method_is_diagnosed(
     beat(redis_conn)
     job_id = fulfil(monkeypatch, app_settings, redis_conn, sandbox_admin, refs["o1"])
 
-    results = diagnose(app_settings, [*doctor_checks.CHECKS, *doctor_order.checks(refs["o1"])])
+    results = diagnose(app_settings, [*checks.CHECKS, *order_checks.checks(refs["o1"])])
     status = results["order status"]
     assert not status.ok
     assert "Activation_Status__c=Failed" in status.detail
@@ -417,7 +418,7 @@ def test_activated_order_passes_every_order_line(
     refs = sandbox_admin.load(standard_document())["refs"]
     beat(redis_conn)
     fulfil(monkeypatch, app_settings, redis_conn, sandbox_admin, refs["o1"])
-    results = diagnose(app_settings, [*doctor_checks.CHECKS, *doctor_order.checks(refs["o1"])])
+    results = diagnose(app_settings, [*checks.CHECKS, *order_checks.checks(refs["o1"])])
     assert failures(results) == {}
     assert "Activation_Status__c=Activated" in results["order status"].detail
     assert "WHMCS order" in results["fulfilment timeline"].detail
@@ -426,12 +427,12 @@ def test_activated_order_passes_every_order_line(
 
 def test_order_never_fulfilled_and_bad_ids(app_settings, healthy):
     order_id = healthy["refs"]["o2"]
-    results = diagnose(app_settings, [*doctor_checks.CHECKS, *doctor_order.checks(order_id)])
+    results = diagnose(app_settings, [*checks.CHECKS, *order_checks.checks(order_id)])
     assert results["order status"].ok  # a Draft order, never approved
     assert results["fulfilment timeline"].ok
     assert "no fulfilment attempt" in results["fulfilment timeline"].detail
 
-    results = diagnose(app_settings, [*doctor_checks.CHECKS, *doctor_order.checks("nonsense")])
+    results = diagnose(app_settings, [*checks.CHECKS, *order_checks.checks("nonsense")])
     assert not results["order status"].ok
     assert "not a Salesforce Order id" in results["order status"].detail
     assert results["payment methods"].detail == "not checked: order status"
@@ -441,8 +442,6 @@ def test_order_never_fulfilled_and_bad_ids(app_settings, healthy):
 
 
 def test_unreachable_redis_and_database_fail(app_env, world):
-    from shared.config import load_settings
-
     env = {
         **app_env,
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
@@ -489,11 +488,11 @@ def test_cli_reports_bad_configuration_as_a_failed_line(app_env, healthy):
     env = {**app_env, "SF_PRIVATE_KEY_PATH": "/nonexistent/key.pem", "WHMCS_API_URL": ""}
     result = run_cli(env, "--json")
     assert result.returncode == 1
-    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
-    assert "WHMCS_API_URL is not set" in checks["configuration"]["detail"]
-    assert "cannot be read" in checks["private key file"]["detail"]
-    assert checks["whmcs credentials"]["detail"] == "not checked: configuration"
-    assert checks["redis"]["ok"] and checks["database"]["ok"]
+    lines = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert "WHMCS_API_URL is not set" in lines["configuration"]["detail"]
+    assert "cannot be read" in lines["private key file"]["detail"]
+    assert lines["whmcs credentials"]["detail"] == "not checked: configuration"
+    assert lines["redis"]["ok"] and lines["database"]["ok"]
 
 
 @pytest.mark.parametrize(
@@ -512,7 +511,7 @@ def test_cli_reports_bad_configuration_as_a_failed_line(app_env, healthy):
     ],
 )
 def test_outbox_verdict(waiting, ok, shown):
-    verdict = doctor_checks.outbox_verdict(waiting, NOW)
+    verdict = checks.outbox_verdict(waiting, NOW)
     assert verdict.ok is ok and shown in verdict.detail
     if len(waiting) == 2:
         assert "Failed for Order 8015g00000ABCDEAAA" in verdict.detail
@@ -522,5 +521,5 @@ def test_outbox_verdict(waiting, ok, shown):
 def test_doctor_reports_waiting_outcomes(app_settings, redis_conn):
     outbox.put(redis_conn, "8015g00000ABCDEAAA", outbox.first("Failed", time.time(), "403"))
     ctx = Context(app_settings, {})
-    result = doctor_checks.waiting_outcomes(ctx)
+    result = checks.waiting_outcomes(ctx)
     assert not result.ok and "last refused with 403" in result.detail

@@ -9,8 +9,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from provisioner.doctor import Check, Context, Verdict, failed, passed
-from provisioner.doctor_checks import FIX_JWT, FIX_MAPPING, FIX_NO_EVENTS
+from provisioner.doctor.checklist import Check, Context, Verdict, failed, passed
+from provisioner.doctor.checks import FIX_JWT, FIX_MAPPING, FIX_NO_EVENTS
 from shared.errors import OrderError, OrderNotFound, RemoteError
 from shared.sfid import is_valid_id, to18
 from worker import mapping, steps
@@ -88,7 +88,7 @@ def order_status(ctx: Context, order_id: str) -> Verdict:
             f"{order_id!r} is not a Salesforce Order id", "give the 15/18-char id (801...)"
         )
     try:
-        order = steps.read_order(ctx.salesforce(), to18(order_id), ctx.s.account_client_field)
+        order = steps.read_order(ctx.salesforce, to18(order_id), ctx.s.account_client_field)
     except OrderNotFound as exc:
         return failed(str(exc), "check the id (and that the API user can see the Order)")
     ctx.extras[ORDER] = order
@@ -110,7 +110,7 @@ def status_verdict(order: steps.Order) -> Verdict:
 
 def timeline(ctx: Context, order_id: str) -> Verdict:
     order_id = to18(order_id) if is_valid_id(order_id, "Order") else order_id
-    history = Records(ctx.engine()).history(order_id)
+    history = Records(ctx.engine).history(order_id)
     jobs = {a.job_id: job_line(ctx, a.job_id) for a, _ in history if a.job_id}
     text = render_timeline(history, jobs)
     order = ctx.extras.get(ORDER)
@@ -151,7 +151,7 @@ def render_timeline(
 def job_line(ctx: Context, job_id: str) -> str:
     """The RQ job as rq-dashboard shows it: status and the last line of its traceback."""
     try:
-        job = Job.fetch(job_id, connection=ctx.redis(), serializer=JSONSerializer)
+        job = Job.fetch(job_id, connection=ctx.redis, serializer=JSONSerializer)
     except NoSuchJobError:
         return f"job {job_id}: no longer in Redis"
     status = job.get_status(refresh=False)
@@ -165,7 +165,7 @@ def job_line(ctx: Context, job_id: str) -> str:
 
 def payment_methods(ctx: Context, order: steps.Order) -> Verdict:
     client_id = mapping.client_id_for(
-        Records(ctx.engine()).client_for_account(order.account_id), order.account_client_value
+        Records(ctx.engine).client_for_account(order.account_id), order.account_client_value
     )
     if client_id is None:
         return failed(
@@ -174,7 +174,7 @@ def payment_methods(ctx: Context, order: steps.Order) -> Verdict:
             FIXES["UNMAPPED_ACCOUNT"],
         )
     try:
-        methods = ctx.whmcs().get_pay_methods(client_id)
+        methods = ctx.whmcs.get_pay_methods(client_id)
     except RemoteError as exc:
         return failed(f"WHMCS client {client_id}: {exc}", FIXES["UNMAPPED_ACCOUNT"])
     if not methods:
@@ -190,7 +190,7 @@ def describe_pay_method(method: Mapping[str, Any]) -> str:
 
 
 def order_mapping(ctx: Context, order: steps.Order) -> Verdict:
-    catalogue = {int(p["pid"]): p for p in ctx.whmcs().get_products() if "pid" in p}
+    catalogue = {int(p["pid"]): p for p in ctx.whmcs.get_products() if "pid" in p}
     mapped = mapping.map_items(order.items, catalogue)
     rows = [m.report() for m in mapped]
     text = "\n".join(
