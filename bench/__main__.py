@@ -23,12 +23,18 @@ from bench import (
     transports,
     workers,
 )
-from bench.harness import BenchError, Measurement, Run, Skipped, claim_database, reset_database
-from bench.results import RESULTS_DIR, document, machine, markdown, write
+from bench.harness import (
+    BenchError,
+    Measurement,
+    Run,
+    Skipped,
+    claim_bench_database,
+    reset_database,
+)
+from bench.results import DEFAULT_DATABASE_URL, RESULTS_DIR, document, machine, markdown, write
 from shared.logs import configure_logging
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = Run(args.redis_url, args.database_url, args.quick, Path(scratch), command)
         conn = run.redis()
         try:
-            claim_database(conn)
+            claim_bench_database(run.redis_url)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 2

@@ -15,12 +15,13 @@ from typing import Any
 
 import redis
 
-from bench.harness import Measurement, Row, Run, Target, median, need, percentile
+from bench.harness import Measurement, Row, Run, Target, median, percentile
 from bench.harness import reset_database as reset
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from shared.queueing import FAILURE_TTL, JOB_PATH, RESULT_TTL, job_id_for, provisioning_queue
 from shared.sfid import new_id
+from subscriber import intake as intake_module
 
 QUEUE = "provisioning"
 JOB_TIMEOUT = 600
@@ -47,7 +48,6 @@ def cometd_events(count: int, start: int) -> list[dict[str, Any]]:
 
 
 def measure(run: Run) -> Measurement:
-    intake_module = need("subscriber.intake", "Intake", "job_event", "job_meta")
     result = Measurement(1, "enqueue", "Enqueue path")
     conn = run.redis()
     count = run.size(3000, 300)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -12,9 +11,10 @@ from typing import Any
 
 import redis
 
+from provisioner.kit.database import claim_database, empty_database
 from shared.connections import redis_client
 
-# A key the bench leaves in its database, so a later run knows it may flush that database
+# A key the bench leaves in its database (its pid), so a later run knows it may flush that database
 # (and refuses to flush one that holds anything else).
 MARKER_KEY = "bench:owned"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ class BenchError(Exception):
 
 
 class Skipped(Exception):
-    """A measurement cannot run yet (a piece it measures is missing); the message says which."""
+    """A measurement cannot run (what it needs is missing); the message says which."""
 
 
 @dataclass(frozen=True)
@@ -135,19 +135,17 @@ class Run:
             self.closers.pop()()
 
 
-def claim_database(conn: redis.Redis) -> None:
-    """Empty the bench database, refusing one that holds keys the bench did not write."""
-    if conn.dbsize() and not conn.exists(MARKER_KEY):
+def claim_bench_database(url: str) -> None:
+    """Empty the bench database, refusing one that holds keys no bench wrote."""
+    if not claim_database(url, MARKER_KEY):
         raise BenchError(
             "the bench Redis database is not empty and was not written by the bench; "
             "point --redis-url at an unused database number"
         )
-    reset_database(conn)
 
 
 def reset_database(conn: redis.Redis) -> None:
-    conn.flushdb()
-    conn.set(MARKER_KEY, "1")
+    empty_database(conn, MARKER_KEY)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -169,15 +167,3 @@ def _round(value: float) -> float:
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
-
-
-def need(module: str, *names: str) -> Any:
-    """Import a piece under measurement, or skip the measurement saying what is missing."""
-    try:
-        imported = importlib.import_module(module)
-    except ImportError as exc:
-        raise Skipped(f"{module} is not importable yet ({exc})") from exc
-    missing = [name for name in names if not hasattr(imported, name)]
-    if missing:
-        raise Skipped(f"{module} has no {', '.join(missing)} yet")
-    return imported

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import BenchError, Measurement, Row, Run, Target, median, percentile
-from bench.rig import Rig, stop_all
+from bench.rig import Rig
+from provisioner.kit.supervisor import stop_together
 from shared.config import load_settings
 from shared.http import TimeoutSession
 from shared.salesforce import SalesforceClient
@@ -99,7 +100,7 @@ def _orders(rig: Rig, worker_class: str, count: int) -> tuple[list[Order], dict[
         after = rig.counters()
     finally:
         rig.clear_latency()
-        stop_all(procs)
+        stop_together(procs)
     activated = rig.activated(order_ids)
     if activated != len(order_ids):
         raise BenchError(f"{worker_class}: {activated} of {len(order_ids)} orders Activated")

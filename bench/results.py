@@ -16,6 +16,8 @@ import rq
 from bench.harness import Measurement
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The PostgreSQL server on which a run creates (and drops) its own database.
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def machine(conn: redis.Redis) -> dict[str, Any]:
@@ -54,10 +56,14 @@ def write(doc: dict[str, Any], out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]
     paths = (out_dir / "latest.json", out_dir / "latest.md")
     texts = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n", markdown(doc))
     for path, text in zip(paths, texts, strict=True):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomically(path, text)
     return paths
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def markdown(doc: dict[str, Any]) -> str:

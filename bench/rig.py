@@ -1,37 +1,32 @@
-"""The pipeline on loopback for measurements 2 to 5: the sandbox, a database and our services.
+"""The pipeline on loopback for measurements 2 to 5: the kit's stack, measured.
 
-One sandbox (in this process) and one database serve the whole run; each measurement starts the
-subscriber and worker processes it needs and stops them. Latency is injected per backend call
+One stack (the sandbox in this process, one database) serves the whole run; each measurement starts
+the subscriber and worker processes it needs and stops them. Latency is injected per backend call
 through the sandbox's FaultBook, and every delay it applies is counted here.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
 
 from bench import rqjobs
-from bench.harness import BenchError, Run, need
-from bench.procs import Proc
-from sandbox.http_server import wait_until
-from shared import db, keys
-from shared.config import DEFAULT_CHANNEL
-from shared.connections import database_engine
+from bench.harness import REPO_ROOT, BenchError, Run
+from provisioner.kit.database import Database
+from provisioner.kit.stack import QUEUE, NotReady, Stack
+from provisioner.kit.supervisor import Child, Supervisor, stop_together
+from sandbox.fixtures import standard_document
+from shared import db
 from shared.queueing import job_id_for
 
-QUEUE = "provisioning"
 BACKENDS = ("sf.*", "whmcs.*")  # every Salesforce call (token included) and every WHMCS action
 
 
@@ -58,56 +53,13 @@ class DelayCounter:
             return self.count, self.seconds
 
 
-@dataclass
-class Database:
-    url: str
-    description: str
-    drop_url: str | None = None  # the server's admin URL, when the bench created the database
-    name: str = ""
-
-    @classmethod
-    def create(cls, admin_url: str, work_dir: Path) -> Database:
-        """A fresh PostgreSQL database (dropped at the end), or SQLite if asked or unreachable."""
-        if admin_url.startswith("sqlite"):
-            return cls._sqlite(work_dir, "SQLite (asked for)")
-        name = f"bench_{uuid.uuid4().hex[:10]}"
-        try:
-            admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                version = conn.execute(text("SHOW server_version")).scalar()
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            admin.dispose()
-        except SQLAlchemyError as exc:
-            reason = f"SQLite, because PostgreSQL is unreachable ({type(exc).__name__})"
-            return cls._sqlite(work_dir, reason)
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        return cls(url, f"PostgreSQL {version}", admin_url, name)
-
-    @classmethod
-    def _sqlite(cls, work_dir: Path, description: str) -> Database:
-        return cls(f"sqlite:///{work_dir / 'bench.db'}", description)
-
-    def migrate(self) -> None:
-        engine = database_engine(self.url)
-        db.upgrade(engine)
-        engine.dispose()
-
-    def drop(self) -> None:
-        if not self.drop_url:
-            return
-        admin = create_engine(self.drop_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 class Rig:
-    def __init__(self, run: Run, sandbox: Any, admin: Any, database: Database) -> None:
+    def __init__(self, run: Run, stack: Stack) -> None:
         self.run = run
-        self.sandbox = sandbox
-        self.admin = admin
-        self.database = database
-        self.delays = DelayCounter(sandbox.faults)
+        self.stack = stack
+        self.sandbox = stack.sandbox
+        self.admin = stack.admin
+        self.delays = DelayCounter(stack.sandbox.faults)
         self.conn = run.redis()
         self.queue = Queue(QUEUE, connection=self.conn, serializer=JSONSerializer)
         self._batches = 0
@@ -119,49 +71,28 @@ class Rig:
         if "rig" not in run.shared:
             rig = cls.start(run)
             run.shared["rig"] = rig
-            run.closers.append(rig.close)
+            run.closers.append(rig.stack.close)
         return run.shared["rig"]
 
     @classmethod
     def start(cls, run: Run) -> Rig:
-        for module in ("subscriber.main", "worker.main", "worker.jobs"):
-            need(module)
-        sandbox_app = need("sandbox.app", "Sandbox")
-        client = need("sandbox.client", "SandboxAdmin")
-        fixtures = need("sandbox.fixtures", "standard_document")
-        database = Database.create(run.database_url, run.work_dir)
+        settings = {"APP_ENV": "bench", "LOG_LEVEL": "INFO", "PROVISION_QUEUE": QUEUE}
+        settings["SF_EVENTS_REPLAY"] = "LATEST"
+        supervisor = Supervisor(os.environ, log_dir=run.work_dir, cwd=REPO_ROOT)
+        stack = Stack(run.work_dir, supervisor, settings)
+        stack.use_redis(run.redis_url)
         try:
-            database.migrate()
-            sandbox = sandbox_app.Sandbox.start(run.work_dir / "sandbox")
+            stack.use_database(Database.create(run.database_url, "bench", run.work_dir))
+            stack.start_sandbox()
+            stack.admin.load(standard_document(0))  # price book, `acme`, products, WHMCS
         except Exception:
-            database.drop()
+            stack.close()
             raise
-        admin = client.SandboxAdmin(sandbox.admin_url)
-        rig = cls(run, sandbox, admin, database)
-        try:
-            admin.load(fixtures.standard_document(0))  # price book, `acme`, products, WHMCS
-        except Exception:
-            rig.close()
-            raise
-        run.shared["database"] = database.description
-        return rig
-
-    def close(self) -> None:
-        self.admin.close()
-        self.sandbox.stop()
-        self.database.drop()
+        run.shared["database"] = stack.database.description
+        return cls(run, stack)
 
     def env(self) -> dict[str, str]:
-        return {
-            **self.sandbox.env,
-            "APP_ENV": "bench",
-            "LOG_LEVEL": "INFO",
-            "REDIS_URL": self.run.redis_url,
-            "DATABASE_URL": self.database.url,
-            "PROVISION_QUEUE": QUEUE,
-            "SF_EVENTS_ENABLED": "true",
-            "SF_EVENTS_REPLAY": "LATEST",
-        }
+        return self.stack.env()
 
     # --- latency ------------------------------------------------------------------------------
 
@@ -204,35 +135,30 @@ class Rig:
 
     # --- processes ----------------------------------------------------------------------------
 
-    def start_subscriber(self, **extra: str) -> Proc:
+    def start_subscriber(self, **extra: str) -> Child:
         """`extra`: environment on top of the rig's (SF_EVENTS_TRANSPORT=pubsub)."""
-        proc = Proc.python(["subscriber"], self._log("subscriber"), {**self.env(), **extra})
-        heartbeat = keys.heartbeat_key(DEFAULT_CHANNEL)
-        if not wait_until(lambda: self.conn.hget(heartbeat, "state") == b"connected", 30):
-            proc.stop()
-            raise BenchError(f"the subscriber did not connect; log tail:\n{proc.tail()}")
+        proc = self.stack.start_subscriber(self._name("subscriber"), **extra)
+        self._ready([proc], {"the subscriber": self.stack.subscribed}, 30)
         return proc
 
-    def start_workers(self, count: int, worker_class: str = "simple") -> list[Proc]:
+    def start_workers(self, count: int, worker_class: str = "simple") -> list[Child]:
         """`count` idle `python -m worker` processes, registered with RQ, waiting for jobs."""
-        before = Worker.count(connection=self.conn, queue=self.queue)
-        procs = [
-            Proc.python(["worker", "--worker-class", worker_class], self._log("worker"), self.env())
-            for _ in range(count)
-        ]
-        expected = before + count
-        if not wait_until(lambda: self._idle_workers() >= expected, 30 + 5 * count):
-            stop_all(procs)
-            raise BenchError(f"workers did not come up; log tail:\n{procs[0].tail()}")
+        expected = Worker.count(connection=self.conn, queue=self.queue) + count
+        procs = [self.stack.start_worker(self._name("worker"), worker_class) for _ in range(count)]
+        ready = {f"{count} workers": lambda: self.stack.idle_workers() >= expected}
+        self._ready(procs, ready, 30 + 5 * count)
         return procs
 
-    def _idle_workers(self) -> int:
-        workers = Worker.all(connection=self.conn, queue=self.queue)
-        return sum(1 for w in workers if w.get_state() == "idle")
+    def _ready(self, procs: list[Child], checks: dict[str, Any], timeout: float) -> None:
+        try:
+            self.stack.wait_ready(checks, timeout)
+        except NotReady:
+            stop_together(procs)
+            raise
 
-    def _log(self, name: str) -> Path:
+    def _name(self, service: str) -> str:
         self._procs += 1
-        return self.run.work_dir / f"{name}-{self._procs}.log"
+        return f"{service}-{self._procs}"
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -260,12 +186,9 @@ class Rig:
             .where(db.fulfilments.c.sf_order_id.in_(list(order_ids)))
             .order_by(db.fulfilment_steps.c.id)
         )
-        engine = database_engine(self.database.url)
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(query).all()
-        finally:
-            engine.dispose()
+        assert self.stack.database is not None
+        with self.stack.database.engine.connect() as conn:
+            rows = conn.execute(query).all()
         by_step: dict[str, list[float]] = {}
         for step, duration in rows:
             by_step.setdefault(step, []).append(duration)
@@ -275,11 +198,3 @@ class Rig:
 def job_id(event: dict[str, Any]) -> str:
     header = event.get("event") or {}
     return job_id_for(header.get("EventUuid"), header.get("replayId"))
-
-
-def stop_all(procs: Sequence[Proc]) -> None:
-    """Stop processes together (SIGTERM to all first): warm shutdown, then SIGKILL stragglers."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.stop()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from bench import cpu, rqjobs
 from bench.harness import BenchError, Measurement, Row, Run, Target
-from bench.procs import Proc
-from bench.rig import Rig, stop_all
+from bench.rig import Rig
+from provisioner.kit.supervisor import Child, stop_together
 
 LATENCY = 0.020  # seconds per backend call, as in measurement 3
 # SimpleWorker (the default) at every count; the fork Worker at 1 and 4, for measurement 6.
@@ -99,7 +99,7 @@ def _batch(run: Run, workers: int) -> int:
 
 
 def _stage(
-    rig: Rig, workers: int, count: int, subscriber: Proc, worker_class: str = DEFAULT_CLASS
+    rig: Rig, workers: int, count: int, subscriber: Child, worker_class: str = DEFAULT_CLASS
 ) -> Stage:
     print(f"  4: {workers} {worker_class} worker(s), {count} orders", file=sys.stderr)
     order_ids = rig.new_orders(count)
@@ -111,7 +111,7 @@ def _stage(
         times = rig.wait_jobs(job_ids, timeout=60 + count * 2)
         end = cpu.sample(rig.conn, groups)
     finally:
-        stop_all(procs)
+        stop_together(procs)
     finished = [t for t in times if t.status == "finished"]
     if len(finished) < 2:
         raise BenchError(f"{workers} workers: only {len(finished)} of {count} jobs finished")

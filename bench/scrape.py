@@ -16,12 +16,11 @@ from datetime import timedelta
 from sqlalchemy import Engine, case, func, select, text
 
 from bench.harness import Measurement, Row, Run, Target, median, percentile
-from bench.rig import Database
 from healthcheck import metrics
 from healthcheck.app import create_app
+from provisioner.kit.database import Database
 from shared import db, retention
 from shared.config import load_settings
-from shared.connections import database_engine
 
 TARGET_MS = 50.0
 STEPS_PER_ATTEMPT = 5
@@ -65,9 +64,9 @@ def measure(run: Run) -> Measurement:
     result = Measurement(7, "metrics_scrape", "/metrics scrape over a large history")
     steps = run.size(1_000_000, 20_000)
     scrapes = run.size(300, 30)
-    database = Database.create(run.database_url, run.work_dir)
+    database = Database.create(run.database_url, "bench", run.work_dir)
     run.shared.setdefault("database", database.description)
-    engine = database_engine(database.url)
+    engine = database.engine
     try:
         database.migrate()
         fill_seconds = _fill(engine, steps // STEPS_PER_ATTEMPT)
@@ -82,7 +81,6 @@ def measure(run: Run) -> Measurement:
         if metrics.database_state(engine) != before:
             raise RuntimeError("pruning the history changed the /metrics counters")
     finally:
-        engine.dispose()
         database.drop()
     for label, q in (("p50", 50), ("p99", 99)):
         result.rows.append(

@@ -7,15 +7,18 @@ outside it. Pools report the time per job per process, comparable with a single 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench import rqjobs
-from bench.harness import BenchError, Measurement, Row, Run, reset_database
-from bench.procs import Proc
+from bench.harness import REPO_ROOT, BenchError, Measurement, Row, Run, reset_database
+from provisioner.kit.supervisor import Supervisor, python_module
 
 QUEUE = "bench-workers"
 SLEEP_MS = 50.0
@@ -94,7 +97,7 @@ def _drain(run: Run, conn, variant: Variant, func: str, arg: float | None) -> Dr
     queue.enqueue_many(jobs)
     log = run.work_dir / f"workers-{variant.command}-{variant.worker_class}.log"
     print(f"  6: {variant.label}, {count} x {func}", file=sys.stderr)
-    Proc.python(variant.args(run.redis_url), log).wait(timeout=60 + count * 0.5)
+    _burst(python_module(*variant.args(run.redis_url)), log, timeout=60 + count * 0.5)
     times = rqjobs.fetch_times(conn, ids)
     bad = rqjobs.unfinished(times)
     if bad:
@@ -102,6 +105,17 @@ def _drain(run: Run, conn, variant: Variant, func: str, arg: float | None) -> Dr
     in_job = sum(t.in_job or 0.0 for t in times) / len(times)
     per_job = rqjobs.per_job_seconds(times, variant.processes)
     return Drain(variant, count, per_job, in_job)
+
+
+def _burst(argv: list[str], log: Path, timeout: float) -> None:
+    """Run a burst worker to its end; fail the measurement if it does not end well."""
+    proc = Supervisor(os.environ, log, cwd=REPO_ROOT).start("burst", argv, {})
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{argv[2:5]} did not finish within {timeout:.0f}s") from None
+    if code != 0:
+        raise BenchError(f"{argv[2:5]} exited {code}; log tail:\n{proc.tail()}")
 
 
 def _count(run: Run, variant: Variant, *, sleeping: bool) -> int:

@@ -1,13 +1,12 @@
 """`provisioner`: the operator's command line. Each command is one module with
 `add_arguments(parser)` and `run(args) -> int`: provisioner/commands/*.py, or the command module
-of a package (doctor/, demo)."""
+of a package (doctor/, demo/)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from provisioner import demo
 from provisioner.commands import (
     account_mappings,
     database_admin,
@@ -15,6 +14,7 @@ from provisioner.commands import (
     replay_position,
     sandbox_server,
 )
+from provisioner.demo import command as demo
 from provisioner.doctor import command as doctor
 
 # name -> (module, one-line help)

@@ -25,8 +25,8 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from bench.chaos_procs import RedisServer
-from provisioner.supervisor import free_port
+from provisioner.kit.private_redis import RedisServer
+from provisioner.kit.supervisor import free_port
 from sandbox.app import Sandbox
 from sandbox.client import SandboxAdmin
 from sandbox.fixtures import demo_document

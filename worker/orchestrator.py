@@ -66,7 +66,7 @@ STEPS = (
 
 
 ACTIVATED_SF, FAILED_SF = steps.ACTIVATED, steps.FAILED  # Activation_Status__c values
-UNKNOWN_CREATE_MARGIN = ordering.UNKNOWN_CREATE_MARGIN  # read here by bench/chaos.py
+UNKNOWN_CREATE_MARGIN = ordering.UNKNOWN_CREATE_MARGIN  # read here by bench/chaos/run.py
 
 
 def _retry_later(exc: Exception) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.localredis import answers
+from provisioner.kit.private_redis import answers
 
 pytestmark = pytest.mark.slow
 
@@ -171,6 +171,6 @@ def _wait_for(lines: list[str], text: str, proc: subprocess.Popen, timeout: floa
 
 
 def _closed_port() -> int:
-    from provisioner.supervisor import free_port
+    from provisioner.kit.supervisor import free_port
 
     return free_port()

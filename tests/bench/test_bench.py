@@ -15,7 +15,7 @@ import pytest
 from shared.connections import redis_client
 from tests.fixtures.infra import TEST_DATABASE_URL, TEST_REDIS_URL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MEASUREMENTS = {1, 2, 3, 4, 5, 6, 7, 8}
 ROW_KEYS = {"figure", "value", "unit", "reference", "reference_value", "ratio", "target", "met"}
 

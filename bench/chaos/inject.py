@@ -21,8 +21,9 @@ from typing import Any
 
 import redis
 
-from bench.chaos_faults import BY_KEY, STREAM_TARGETS, Kind
-from bench.chaos_procs import RedisServer, Service, Supervisor
+from bench.chaos.schedule import BY_KEY, STREAM_TARGETS, Kind
+from provisioner.kit.private_redis import RedisServer
+from provisioner.kit.supervisor import Child, Supervisor
 from sandbox.client import SandboxAdmin
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
@@ -183,7 +184,7 @@ class Injector:
         injection.at = self.clock()  # the moment of death starts the abandoned-job window
         self.supervisor.kill9(victim)
 
-    def _busy_workers(self) -> tuple[list[Service], dict[str, str], list[Service]]:
+    def _busy_workers(self) -> tuple[list[Child], dict[str, str], list[Child]]:
         """Running workers, the orders in flight, and the workers holding one: a kill that hits
         an order is the one worth making, so wait a moment for one to be busy."""
         deadline = time.monotonic() + BUSY_WAIT
@@ -195,7 +196,7 @@ class Injector:
                 return workers, inflight, busy
             time.sleep(0.02)
 
-    def _alive(self, prefix: str) -> list[Service]:
+    def _alive(self, prefix: str) -> list[Child]:
         """The running services (one killed a moment ago may not be back yet)."""
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while True:

@@ -1,25 +1,21 @@
-"""What the chaos run stands on: a private Redis and database, the sandbox, the services."""
+"""What the chaos run stands on: the kit's stack on a private append-only Redis and PostgreSQL
+database, its services under a supervisor that restarts what dies."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
-
-from bench.chaos_procs import RedisServer, Service, Supervisor, python_module
-from sandbox.app import Sandbox
-from sandbox.client import SandboxAdmin
+from provisioner.kit.database import Database
+from provisioner.kit.private_redis import RedisServer
+from provisioner.kit.stack import Stack
+from provisioner.kit.supervisor import Supervisor
 from sandbox.fixtures import standard_document, whmcs_client
-from shared import db, keys
-from shared.config import DEFAULT_CHANNEL
-from shared.connections import database_engine, redis_client
+from sandbox.http_server import wait_until
 from worker.mapping import SCALING
 from worker.reaper import detection_bound, detection_bound_before_lease
 
@@ -65,33 +61,6 @@ class Tuning:
         held, and before the job took it), plus a margin."""
         ttl = self.order_lock_ttl
         return max(detection_bound(ttl), detection_bound_before_lease(ttl)) + 3.0
-
-
-class Database:
-    """A fresh PostgreSQL database `chaos_<hex>` on the given server, dropped at the end."""
-
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.name = f"chaos_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        finally:
-            admin.dispose()
-        url = make_url(server_url).set(database=self.name)
-        self.url = url.render_as_string(hide_password=False)
-        self.engine: Engine = database_engine(self.url)
-        db.upgrade(self.engine)
-
-    def drop(self) -> None:
-        self.engine.dispose()
-        admin = create_engine(self.server_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
 
 
 # The catalogue's three ways of ordering N units (shared/whmcs.py cart_entries): WHMCS allowqty
@@ -162,37 +131,26 @@ def _order(ref: str, client: int, lines: list[tuple[str, int]]) -> dict[str, Any
     return {"ref": ref, "account": f"acct{client}", "Status": "Draft", "items": items}
 
 
-class Rig:
-    def __init__(self, work_dir: Path, database_url: str, tuning: Tuning, clock: Any) -> None:
-        self.work_dir = work_dir
+class ChaosStack(Stack):
+    def __init__(
+        self, work_dir: Path, database_url: str, tuning: Tuning, clock: Callable[[], float]
+    ) -> None:
+        (work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        settings = {**tuning.env(), "APP_ENV": "chaos", "LOG_LEVEL": "INFO"}
+        settings["SF_EVENTS_REPLAY"] = "LATEST"
+        super().__init__(work_dir, Supervisor(os.environ, log_dir=work_dir / "logs"), settings)
         self.tuning = tuning
         self.clock = clock
-        self.closers: list[Any] = []
+        self.redis = RedisServer(work_dir / "redis", secrets.token_urlsafe(18), append_only=True)
         try:
-            self._start(database_url)
+            self.on_close(self.redis.stop)
+            self.redis.start()
+            self.use_redis(self.redis.url)
+            self.use_database(Database.create(database_url, "chaos"))
+            self.start_sandbox(cometd_timeout=COMETD_TIMEOUT)
         except BaseException:
             self.close()  # what did start must not outlive a failed start
             raise
-
-    def _start(self, database_url: str) -> None:
-        self.redis = RedisServer(self.work_dir / "redis", secrets.token_urlsafe(18))
-        self.closers.append(self.redis.stop)
-        self.redis.start()
-        self.database = Database(database_url)
-        self.closers.append(self.database.drop)
-        self.sandbox = Sandbox.start(self.work_dir / "sandbox", cometd_timeout=COMETD_TIMEOUT)
-        self.closers.append(self.sandbox.stop)
-        self.admin = SandboxAdmin(self.sandbox.admin_url)
-        self.supervisor = Supervisor(self.clock)
-        self.closers.append(self.supervisor.stop_all)
-        (self.work_dir / "logs").mkdir(exist_ok=True)
-
-    def close(self) -> None:
-        while self.closers:
-            self.closers.pop()()
-
-    def conn(self) -> Any:
-        return redis_client(self.redis.url)
 
     def load(self, orders: int, clients: int) -> dict[str, dict[int, tuple[int, int]]]:
         """Load the fixture; order id -> what WHMCS must hold for it (expected_services)."""
@@ -204,57 +162,18 @@ class Rig:
             ids.update(self.admin.load(batch)["refs"])
         return {ids[ref]: expected_services(n) for n, ref in enumerate(refs)}
 
-    def env(self) -> dict[str, str]:
-        return {
-            **self.sandbox.env,
-            **self.tuning.env(),
-            "APP_ENV": "chaos",
-            "LOG_LEVEL": "INFO",
-            "REDIS_URL": self.redis.url,
-            "DATABASE_URL": self.database.url,
-            "SF_EVENTS_ENABLED": "true",
-            "SF_EVENTS_REPLAY": "LATEST",
-        }
-
-    def start_services(self, workers: int) -> None:
-        env, logs = self.env(), self.work_dir / "logs"
-        for n in range(1, workers + 1):
-            name = f"chaos-w{n}"
-            argv = _worker_argv(name, worker_class(n))
-            self.supervisor.add(Service(name, argv, env, logs, os.environ))
-        self.supervisor.add(
-            Service(
-                "chaos-subscriber", lambda _g: python_module("subscriber"), env, logs, os.environ
-            )
-        )
-        self.supervisor.start()
-
     def wait_subscribed(self, timeout: float = 60.0) -> bool:
         """LATEST from no stored id starts at the tip: approve nothing before it is connected."""
-        conn = self.conn()
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                raw = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state")
-                if raw == b"connected":
-                    return True
-                time.sleep(0.1)
-            return False
-        finally:
-            conn.close()
+        return wait_until(self.subscribed, timeout, 0.1)
 
-    def logs(self) -> list[Path]:
-        return [path for service in self.supervisor.services for path in service.logs]
+    def start_services(self, workers: int) -> None:
+        for n in range(1, workers + 1):
+            self.start_worker(f"chaos-w{n}", worker_class(n))
+        self.start_subscriber("chaos-subscriber")
+        self.supervisor.restart_the_dead(self.clock)
 
 
 def worker_class(n: int) -> str:
     """Every second worker forks a work horse per job; the others run jobs in-process (the
     default): a kill -9 must be survived by both."""
     return "fork" if n % 2 == 0 else "simple"
-
-
-def _worker_argv(name: str, kind: str) -> Any:
-    def argv(generation: int) -> list[str]:
-        return python_module("worker", "--worker-class", kind, "--name", f"{name}-g{generation}")
-
-    return argv

@@ -19,26 +19,22 @@ import shutil
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TextIO
 
 import requests
-from rq import Worker
 
-from provisioner import demo_plan
-from provisioner.demo_plan import WHMCS_DOWN, PlannedOrder, outcome_from_record, sf_time
-from provisioner.demo_view import Progress, Row, retry_hints, summary_table, verdict_line
-from provisioner.localredis import DemoRedis, RedisUnavailable, demo_redis, release_database
-from provisioner.supervisor import Supervisor, free_port, kill_leftovers
-from sandbox.app import Sandbox
-from sandbox.client import SandboxAdmin, SandboxAdminError
-from shared import db, keys
-from shared.config import DEFAULT_CHANNEL, Settings
-from shared.connections import database_engine, redis_client
+from provisioner.demo import plan as demo_plan
+from provisioner.demo.plan import WHMCS_DOWN, PlannedOrder, outcome_from_record, sf_time
+from provisioner.demo.view import Progress, Row, retry_hints, summary_table, verdict_line
+from provisioner.kit.database import Database, release_database
+from provisioner.kit.private_redis import PrivateRedisError, configured_or_private
+from provisioner.kit.stack import NotReady, Stack
+from provisioner.kit.supervisor import Supervisor, free_port, kill_leftovers
+from sandbox.client import SandboxAdminError
+from shared.config import Settings
 from shared.logs import configure_logging
 from shared.startup import start
 
@@ -48,6 +44,9 @@ STARTUP_TIMEOUT = 40.0  # seconds for every service to report ready
 POLL_INTERVAL = 0.2
 WORKERS = 2
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+# Set by the demo, to its pid, in a database it has flushed: once that demo has ended the next one
+# may flush it again. A database without it that holds keys belongs to someone else.
+DEMO_MARKER = "provisioner:demo"
 
 
 class DemoError(RuntimeError):
@@ -108,12 +107,11 @@ class Demo:
         self.out = out
         self.log_path = workdir / "demo.log"
         # The services inherit only the basics of this environment, plus the demo's settings.
-        self.supervisor = Supervisor(os.environ, self.log_path, workdir / "pids.json")
+        supervisor = Supervisor(os.environ, self.log_path, workdir / "pids.json")
+        self.stack = Stack(workdir, supervisor, {"APP_ENV": "demo"})
         self.plan = demo_plan.plan_orders(args.orders)
-        self.sandbox: Any = None
-        self.admin: Any = None
-        self.redis: DemoRedis | None = None
         self.urls: dict[str, str] = {}
+        self.port = 0  # the health app's
         self.refs: dict[str, str] = {}
         self.customers = {c.ref: c.name for c in demo_plan.CUSTOMERS}
         self.progress = Progress(out)
@@ -142,7 +140,7 @@ class Demo:
         except (SandboxAdminError, requests.RequestException) as exc:
             self.say(f"\ndemo failed: the sandbox: {exc}\nlog file: {self.log_path}")
             return EXIT_FAILED
-        except (DemoError, RedisUnavailable) as exc:
+        except (DemoError, PrivateRedisError, NotReady) as exc:
             self.say(f"\ndemo failed: {exc}\nlog file: {self.log_path}")
             return EXIT_FAILED
         finally:
@@ -155,15 +153,18 @@ class Demo:
         began = time.monotonic()
         self.fresh_workdir()
         configure_logging(self.args.log_level.upper(), "demo", stream=self._log_stream())
-        self.redis, why = demo_redis(
-            self.settings.redis_url, self.supervisor, self.workdir / "redis"
+        url, private, why = configured_or_private(
+            self.settings.redis_url, self.stack.supervisor, self.workdir / "redis", DEMO_MARKER
         )
         self.say(f"redis:    {why}")
-        private = self.redis.child is not None
-        self.urls["redis"] = self.redis.url if private else "REDIS_URL"
+        self.stack.use_redis(url)
+        self.urls["redis"] = url if private else "REDIS_URL"
+        if private is None:
+            self.stack.on_close(lambda: release_database(url, DEMO_MARKER))
+        self.stack.use_database(Database.sqlite(self.workdir / "provisioning.db"))
         self.start_sandbox()
-        env = self.service_env()
-        self.start_services(env)
+        self.stack.settings.update(self.service_settings())
+        self.start_services()
         self.wait_until_ready()
         self.say(f"ready in {time.monotonic() - began:.1f}s\n" + self.where_to_look())
 
@@ -182,32 +183,20 @@ class Demo:
         # Line-buffered and left open: the root handler writes to it until the process exits.
         return open(self.log_path, "a", buffering=1)
 
+    @property
+    def admin(self) -> Any:
+        return self.stack.admin
+
     def start_sandbox(self) -> None:
-        self.sandbox = Sandbox.start(self.workdir / "sandbox")
-        self.urls["sandbox admin"] = self.sandbox.admin_url
-        self.admin = SandboxAdmin(self.sandbox.admin_url)
+        self.stack.start_sandbox()
+        self.urls["sandbox admin"] = self.stack.sandbox.admin_url
         loaded = self.admin.load(demo_plan.fixture_document(self.plan))
         self.refs = loaded["refs"]
         self.say(f"sandbox:  Salesforce and WHMCS emulators, {len(self.plan)} Draft orders loaded")
 
-    def database_url(self) -> str:
-        url = f"sqlite:///{self.workdir / 'provisioning.db'}"
-        engine = database_engine(url)
-        try:
-            db.upgrade(engine)
-        finally:
-            engine.dispose()
-        return url
-
-    def service_env(self) -> dict[str, str]:
-        assert self.redis is not None
+    def service_settings(self) -> dict[str, str]:
         env = {
-            **self.sandbox.env,
-            "REDIS_URL": self.redis.url,
-            "DATABASE_URL": self.database_url(),
-            "SF_EVENTS_ENABLED": "true",
             "SF_EVENTS_TRANSPORT": self.args.transport,
-            "APP_ENV": "demo",
             "LOG_LEVEL": self.args.log_level.upper(),
         }
         # rq-dashboard 0.9 imports six without declaring it: without both it cannot mount.
@@ -220,62 +209,28 @@ class Demo:
             )
         return env
 
-    def start_services(self, env: dict[str, str]) -> None:
-        python = sys.executable
-        port = free_port()
-        health = [python, "-m", "healthcheck", "--host", "127.0.0.1", "--port", str(port)]
-        self.supervisor.start("health", health, env)
+    def start_services(self) -> None:
+        self.port = port = free_port()
+        self.stack.start_health(port)
         self.urls["health"] = f"http://127.0.0.1:{port}/health"
-        if "RQ_DASHBOARD_PASSWORD" in env:
-            auth = f"demo:{env['RQ_DASHBOARD_PASSWORD']}"
-            self.urls["rq-dashboard"] = f"http://{auth}@127.0.0.1:{port}/rq"
+        password = self.stack.settings.get("RQ_DASHBOARD_PASSWORD")
+        if password:
+            self.urls["rq-dashboard"] = f"http://demo:{password}@127.0.0.1:{port}/rq"
         for number in range(1, WORKERS + 1):
-            self.supervisor.start(f"worker-{number}", [python, "-m", "worker"], env)
-        self.supervisor.start("subscriber", [python, "-m", "subscriber"], env)
-        names = ", ".join(f"{c.name} ({c.pid})" for c in self.supervisor.children if c.tier)
+            self.stack.start_worker(f"worker-{number}")
+        self.stack.start_subscriber()
+        children = self.stack.supervisor.children
+        names = ", ".join(f"{c.name} ({c.pid})" for c in children if c.tier)
         self.say(f"started:  {names}")
         self.say(f"events:   over {TRANSPORTS[self.args.transport]}")
 
     def wait_until_ready(self) -> None:
-        checks: dict[str, Callable[[], bool]] = {
-            "health app": lambda: _http_answers(self.urls["health"]),
-            f"{WORKERS} workers": self.workers_ready,
-            "subscriber": self.subscriber_connected,
+        checks = {
+            "health app": lambda: self.stack.health_answers(self.port),
+            f"{WORKERS} workers": lambda: self.stack.idle_workers() >= WORKERS,
+            "subscriber": self.stack.subscribed,
         }
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while checks:
-            self.check_children()
-            checks = {name: ok for name, ok in checks.items() if not ok()}
-            if checks and time.monotonic() > deadline:
-                raise DemoError(f"not ready after {STARTUP_TIMEOUT:.0f}s: {', '.join(checks)}")
-            time.sleep(POLL_INTERVAL)
-
-    def workers_ready(self) -> bool:
-        with self._redis() as conn:
-            return Worker.count(connection=conn) >= WORKERS
-
-    def subscriber_connected(self) -> bool:
-        with self._redis() as conn:
-            state = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state")
-        return state == b"connected"
-
-    @contextlib.contextmanager
-    def _redis(self) -> Iterator[Any]:
-        assert self.redis is not None
-        conn = redis_client(self.redis.url)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def check_children(self) -> None:
-        dead = self.supervisor.dead()
-        if dead:
-            names = ", ".join(f"{c.name} (exit {c.returncode})" for c in dead)
-            raise DemoError(f"{names} stopped unexpectedly; last lines:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        self.stack.wait_ready(checks, STARTUP_TIMEOUT)
 
     def where_to_look(self) -> str:
         if "rq-dashboard" not in self.urls:
@@ -324,7 +279,7 @@ class Demo:
     def watch(self, orders: list[PlannedOrder], deadline: float) -> None:
         waiting = {o.ref for o in orders}
         while True:
-            self.check_children()
+            self.stack.check_alive()
             rows = self.rows()
             self.progress.update(rows, time.monotonic() - self.began)
             waiting -= {r.planned.ref for r in rows if r.outcome.final}
@@ -351,14 +306,14 @@ class Demo:
 
     def keep_running(self, rows: list[Row]) -> None:
         self.say("\nStill running; Ctrl-C stops everything.\n" + self.where_to_look())
-        self.say(retry_hints(self.sandbox.admin_url, rows))
+        self.say(retry_hints(self.stack.sandbox.admin_url, rows))
         seen = self.order_versions()
         reported_dead: set[str] = set()
         try:
             while True:
                 time.sleep(1.0)
                 seen = self.report_changes(seen)
-                for child in self.supervisor.dead():
+                for child in self.stack.supervisor.dead():
                     if child.name not in reported_dead:
                         reported_dead.add(child.name)
                         self.say(f"{child.name} exited ({child.returncode}); see the log file")
@@ -380,13 +335,7 @@ class Demo:
         return now
 
     def stop_everything(self) -> None:
-        stopped = self.supervisor.stop_all()
-        if self.redis is not None and self.redis.child is None:
-            release_database(self.redis.url)
-        if self.admin is not None:
-            self.admin.close()
-        if self.sandbox is not None:
-            self.sandbox.stop()
+        stopped = self.stack.close()
         if stopped:
             names = ", ".join(f"{c.name} {c.pid}" for c in stopped)
             self.say(f"stopped:  {names}")
@@ -397,16 +346,6 @@ class Demo:
 
 def _expected(row: Row) -> bool:
     return demo_plan.as_expected(row.planned.scenario, row.outcome)
-
-
-def _http_answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0):
-            return True
-    except urllib.error.HTTPError:
-        return True  # it answered; unhealthy is fine while things start
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _positive(value: str) -> int:

@@ -1,8 +1,10 @@
-"""Child processes of a command, each in its own session, all stopped together and for sure.
+"""The kit's supervisor: child processes, each in its own session, stopped together and for sure.
 
 A child gets its own session so a terminal's Ctrl-C reaches only the command, which then stops
 the children in order. Stopping one sends SIGTERM to its process group, waits, then SIGKILLs the
-group and every process it forked, including RQ work horses, which sit in groups of their own.
+group and every process it forked. kill -9 reaches the whole family too: RQ's work horse calls
+setpgrp, so killing the worker's process group alone would leave the horse working. On request
+the supervisor restarts whatever dies (compose's restart policy), noting each death.
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 # What a child inherits from the caller: enough to run Python, never the caller's own settings.
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "TZ")
 STOP_GRACE = 10.0
+RESTART_DELAY = 0.5  # seconds before a dead child is started again
+WATCH_EVERY = 0.2
+
+Argv = Sequence[str] | Callable[[str], Sequence[str]]  # a callable gets the generation's name
 
 
 def child_environment(parent: Mapping[str, str], settings: Mapping[str, str]) -> dict[str, str]:
@@ -34,31 +43,53 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class Child:
-    """One started process; its output is appended to `log_path`."""
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
 
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        log_path: Path,
-        tier: int,
-    ) -> None:
+
+@dataclass(frozen=True)
+class Respawn:
+    name: str  # the generation that died
+    at: float  # on the supervisor's clock
+    cause: str  # "kill -9" or "exited <code>"
+
+
+class Child:
+    """One supervised command; each (re)start is a generation, `<name>-g<n>`."""
+
+    def __init__(self, name: str, argv: Argv, env: Mapping[str, str], tier: int) -> None:
         self.name = name
-        self.argv = list(argv)
+        self.argv_for = argv if callable(argv) else lambda _name: argv
+        self.env = dict(env)
         self.tier = tier
-        self.log_path = log_path
+        self.generation = 0
+        self.argv: list[str] = []
+        self.logs: list[Path] = []
+        self.killed = False  # the next death was ours (kill -9), not the child's own doing
+        self.stopping = False
+        self.fixed_log: Path | None = None  # else one log per generation
         self._family: set[int] = set()
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in finish()
-        self.proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc: subprocess.Popen[bytes]
+
+    @property
+    def current_name(self) -> str:
+        return f"{self.name}-g{self.generation}"
+
+    def launch(self, log_path: Path, cwd: Path | None = None) -> None:
+        self.generation += 1
+        self.argv = list(self.argv_for(self.current_name))
+        self.logs.append(log_path)
+        self.killed = self.stopping = False
+        with open(log_path, "ab") as log:  # the child holds its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -73,9 +104,10 @@ class Child:
 
     def terminate(self) -> None:
         """Ask the process group to stop (an RQ worker finishes the job in hand first)."""
-        # Noted before the signal: once the parent exits, its orphans no longer point to it.
-        self._family = descendants(self.pid)
+        self.stopping = True
         if self.alive():
+            # Noted before the signal: once the parent exits, its orphans no longer point to it.
+            self._family = descendants(self.pid)
             signal_group(self.pid, signal.SIGTERM)
 
     def finish(self, deadline: float) -> None:
@@ -89,40 +121,107 @@ class Child:
             self.proc.wait(timeout=5)
         for pid in family:
             signal_group(pid, signal.SIGKILL)
-        self._log.close()
+        self._family = set()
+
+    def stop(self, grace: float = STOP_GRACE) -> int | None:
+        self.terminate()
+        self.finish(time.monotonic() + grace)
+        return self.returncode
+
+    def kill9(self) -> None:
+        """kill -9 the process and every process it forked, as the OOM killer or a node loss."""
+        self.killed = True
+        if self.alive():
+            family = descendants(self.pid)
+            signal_group(self.pid, signal.SIGKILL)
+            for member in family:
+                signal_group(member, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for a burst process to end; stopped (and TimeoutExpired raised) if it does not."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.logs[-1].read_text(errors="replace").splitlines()[-lines:])
 
 
 class Supervisor:
-    """Starts children and stops them all: highest tier first, each tier in parallel."""
+    """Starts children and stops them all: highest tier first, each tier in parallel.
+
+    A child logs to `log_path` if given, else to `default_log`, else to `<log_dir>/<name>-g<n>.log`.
+    """
 
     def __init__(
-        self, environ: Mapping[str, str], default_log: Path, pid_file: Path | None = None
+        self,
+        environ: Mapping[str, str],
+        default_log: Path | None = None,
+        pid_file: Path | None = None,
+        *,
+        log_dir: Path | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.environ = environ
         self.default_log = default_log
         self.pid_file = pid_file
+        self.log_dir = log_dir
+        self.cwd = cwd
         self.children: list[Child] = []
+        self.restarts: list[Respawn] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def start(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Argv,
         settings: Mapping[str, str],
         *,
         log_path: Path | None = None,
         tier: int = 1,
     ) -> Child:
-        env = child_environment(self.environ, settings)
-        child = Child(name, argv, env, log_path or self.default_log, tier)
+        child = Child(name, argv, child_environment(self.environ, settings), tier)
+        child.fixed_log = log_path or self.default_log
+        self._launch(child)
         self.children.append(child)
         self._write_pid_file()
         return child
 
+    def _launch(self, child: Child) -> None:
+        log_path = child.fixed_log
+        if log_path is None:
+            assert self.log_dir is not None, "a log_dir, a default_log or a log_path"
+            log_path = self.log_dir / f"{child.name}-g{child.generation + 1}.log"
+        child.launch(log_path, self.cwd)
+
     def dead(self) -> list[Child]:
-        return [child for child in self.children if not child.alive()]
+        """The children that ended on their own (or by kill -9), not those stopped."""
+        return [c for c in self.children if not c.alive() and not c.stopping]
+
+    def named(self, prefix: str) -> list[Child]:
+        return [child for child in self.children if child.name.startswith(prefix)]
+
+    def kill9(self, child: Child) -> None:
+        with self._lock:  # the watcher must not restart it half way through the kill
+            child.kill9()
+
+    def restart_the_dead(self, clock: Callable[[], float]) -> None:
+        """From now on, start again (after RESTART_DELAY) any child that dies, noting why."""
+        self._watcher = threading.Thread(
+            target=self._watch, args=(clock,), name="supervisor", daemon=True
+        )
+        self._watcher.start()
 
     def stop_all(self, grace: float = STOP_GRACE) -> list[Child]:
         """Stop every child; returns them in the order they were stopped."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         stopped: list[Child] = []
         for tier in sorted({c.tier for c in self.children}, reverse=True):
             batch = [c for c in self.children if c.tier == tier]
@@ -132,6 +231,19 @@ class Supervisor:
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
         return stopped
+
+    def _watch(self, clock: Callable[[], float]) -> None:
+        while not self._stop.wait(WATCH_EVERY):
+            for child in list(self.children):
+                with self._lock:
+                    if child.stopping or child.alive():
+                        continue
+                    cause = "kill -9" if child.killed else f"exited {child.returncode}"
+                    self.restarts.append(Respawn(child.current_name, clock(), cause))
+                time.sleep(RESTART_DELAY)
+                with self._lock:
+                    if not self._stop.is_set() and not child.stopping:
+                        self._launch(child)
 
     def _write_pid_file(self) -> None:
         if self.pid_file is not None:
@@ -168,7 +280,8 @@ def running_command(pid: int) -> list[str] | None:
     return raw.decode(errors="replace").split("\0")[:-1] or None
 
 
-def stop_together(children: Iterable[Child], grace: float) -> None:
+def stop_together(children: Iterable[Child], grace: float = STOP_GRACE) -> None:
+    """SIGTERM to all first (warm shutdowns in parallel), then SIGKILL the stragglers."""
     batch = list(children)
     for child in batch:
         child.terminate()

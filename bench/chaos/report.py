@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.chaos_check import Check, World, outcome
-from bench.chaos_faults import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
-from bench.chaos_inject import Injection
-from bench.chaos_procs import Restart
+from bench.chaos.check import Check, World, outcome
+from bench.chaos.inject import Injection
+from bench.chaos.schedule import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
+from provisioner.kit.supervisor import Respawn
 
 # CometD faults strike a connect; orders approved around it rode on the faulted exchange or on
 # the re-handshake after it.
@@ -124,7 +124,7 @@ def markdown(
     info: RunInfo,
     rows: Sequence[FaultRow],
     checks: Mapping[str, Sequence[Check]],
-    restarts: Sequence[Restart],
+    restarts: Sequence[Respawn],
 ) -> str:
     verdict = "PASS" if all_passed(*checks.values()) else "FAIL"
     parts = [
@@ -177,7 +177,7 @@ def _fault_table(rows: Sequence[FaultRow]) -> list[str]:
     return lines
 
 
-def _restart_lines(restarts: Sequence[Restart]) -> list[str]:
+def _restart_lines(restarts: Sequence[Respawn]) -> list[str]:
     causes = Counter(r.cause for r in restarts)
     if not causes:
         return ["The supervisor restarted nothing."]

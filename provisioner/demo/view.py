@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from provisioner.demo_plan import (
+from provisioner.demo.plan import (
     ACTIVATED,
     CUSTOMERS,
     FAILED,

@@ -48,7 +48,7 @@ class WhmcsOrder:
         return cls(int(record["id"]), str(record.get("status") or ""), found and found[1], services)
 
     def holds(self) -> dict[int, tuple[int, int]]:
-        """pid -> (services, units): what `chaos_rig.expected_services` says it must be."""
+        """pid -> (services, units): what `stage.expected_services` says it must be."""
         held: dict[int, tuple[int, int]] = {}
         for pid, qty in self.services:
             count, units = held.get(pid, (0, 0))

@@ -28,16 +28,17 @@ from typing import Any
 
 import redis
 
-from bench import chaos_check, chaos_report, chaos_state
-from bench.chaos_faults import BY_KEY, plan
-from bench.chaos_inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline
-from bench.chaos_rig import Rig, Tuning, worker_class
-from bench.results import RESULTS_DIR
+from bench.chaos import check as chaos_check
+from bench.chaos import report as chaos_report
+from bench.chaos import state as chaos_state
+from bench.chaos.inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline
+from bench.chaos.schedule import BY_KEY, plan
+from bench.chaos.stage import ChaosStack, Tuning, worker_class
+from bench.results import DEFAULT_DATABASE_URL, RESULTS_DIR, write_atomically
 from shared import keys
 from shared.queueing import provisioning_queue
 from worker.orchestrator import UNKNOWN_CREATE_MARGIN
 
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 QUEUE = "provisioning"
 RETRY_ROUNDS = 1  # the promise: one Provision / Retry activates every Failed order
 
@@ -82,7 +83,7 @@ def say(text: str) -> None:
 
 
 class Chaos:
-    def __init__(self, rig: Rig, size: Size, seed: int, clock: Clock, command: str) -> None:
+    def __init__(self, rig: ChaosStack, size: Size, seed: int, clock: Clock, command: str) -> None:
         self.rig = rig
         self.size = size
         self.seed = seed
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"seed {seed} (reproduce the schedule with --seed {seed})")
     work_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     clock = Clock()
-    rig = Rig(work_dir, args.database_url, Tuning(transport=args.transport), clock)
+    rig = ChaosStack(work_dir, args.database_url, Tuning(transport=args.transport), clock)
     try:
         text, passed = Chaos(rig, size, seed, clock, command).run()
     finally:
@@ -339,9 +340,7 @@ def _write(text: str, out: Path, quick: bool, transport: str = "cometd") -> Path
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if transport == "cometd" else f"-{transport}"
     path = out / (f"chaos-quick{suffix}-latest.md" if quick else f"chaos{suffix}-latest.md")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, text)
     return path
 
 
@@ -365,7 +364,3 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s; `make chaos` passes SF_EVENTS_TRANSPORT)",
     )
     return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main())

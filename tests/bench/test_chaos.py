@@ -14,16 +14,19 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy import update
 
-from bench import chaos_check, chaos_faults, chaos_report, chaos_rig
-from bench.chaos_check import ACTIVATED, FAILED, Attempt, Event, WhmcsOrder, World
-from bench.chaos_inject import Injection
+from bench.chaos import check as chaos_check
+from bench.chaos import report as chaos_report
+from bench.chaos import schedule as chaos_faults
+from bench.chaos import stage as chaos_rig
+from bench.chaos.check import ACTIVATED, FAILED, Attempt, Event, WhmcsOrder, World
+from bench.chaos.inject import Injection
 from sandbox.fixtures import standard_document
 from shared import db
 from shared.whmcs import OrderLine, WhmcsClient
 from tests.fixtures.infra import TEST_DATABASE_URL
 from tests.worker_support import enqueue, event_from, tuned, wait_until, work
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 A, B, C = "801000000000001AAA", "801000000000002AAA", "801000000000003AAA"
 
 
