@@ -26,11 +26,11 @@ from tests.worker_support import (
     event_from,
     failed_job_ids,
     latest,
+    run_in_process,
     tuned,
     wait_until,
     work,
 )
-from worker import jobs, orchestrator
 
 
 @dataclass
@@ -231,16 +231,6 @@ def own_redis(tmp_path):
     server.start()
     yield server
     server.stop()
-
-
-def run_in_process(settings, published):
-    services = jobs.build_services(settings)
-    try:
-        return orchestrator.run(services, orchestrator.Event.from_payload(published, "evt-own"))
-    finally:
-        services.whmcs.close()
-        services.salesforce.close()
-        services.records.engine.dispose()
 
 
 def test_redis_gone_mid_job_is_eredis(sandbox_admin, app_settings, sqlite_engine, own_redis):
