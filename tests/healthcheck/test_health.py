@@ -90,7 +90,7 @@ def test_health_reports_the_pubsub_position_when_the_subscriber_runs_pubsub(
 
 def test_health_reports_stores_queue_replay_and_subscriber(redis_conn, sqlite_engine, sqlite_url):
     queue = provisioning_queue(redis_conn, "provisioning", 60)
-    queue.enqueue("tests.test_health.explode", job_id="evt-failing")
+    queue.enqueue("tests.healthcheck.test_health.explode", job_id="evt-failing")
     SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
     for n in range(2):
         queue.enqueue("worker.jobs.provision_order", {"order_id": f"801{n}"}, job_id=f"evt-{n}")
@@ -247,7 +247,7 @@ def test_dashboard_needs_basic_auth_and_shows_a_failed_order_job(
     }
     # Described and tagged as the subscriber does; only the function is one that fails for sure.
     queue.enqueue_call(
-        "tests.test_health.explode",
+        "tests.healthcheck.test_health.explode",
         args=(event,),
         job_id="evt-e-1",
         description=intake.job_description(event),

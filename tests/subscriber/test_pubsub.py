@@ -28,7 +28,7 @@ from subscriber.avro_events import UNDECODABLE, iso_datetime
 from subscriber.avro_events import decode as decode_payload
 from subscriber.pubsub import metadata
 from subscriber.pubsub_replay import Position
-from tests.test_subscriber_process import (
+from tests.subscriber.test_process import (
     ENQUEUED,
     RESTARTING,
     SUBSCRIBED,
