@@ -275,7 +275,7 @@ def test_redis_gone_before_the_lease_leaves_the_order_to_the_reaper(
         run_in_process(dataclasses.replace(app_settings, redis_url=own_redis.url), event)
 
     # Without the lease the job cannot tell whether the order is its to touch: it does not, and
-    # its attempt stays `running` with the code for the reaper to deliver (test_worker_reaper).
+    # its attempt stays `running` with the code for the reaper to deliver (test_reaper.py).
     assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
     assert sandbox_admin.sf_counters()["api_calls"]["patch"] == 0
     attempt, _steps = latest(sqlite_engine, order_id)
