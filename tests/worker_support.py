@@ -1,6 +1,6 @@
 """Helpers for the worker tests: enqueue an event as the subscriber does, run real RQ workers.
 
-A pytest plugin (tests/conftest.py) for its `sweeper` fixture."""
+A pytest plugin (tests/conftest.py) for its `sweeper` and `own_redis` fixtures."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from shared.connections import redis_client
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
 from subscriber.intake import job_description, job_event, job_meta
+from tests.fixtures.outages import RedisServer
 from worker import jobs, orchestrator, reaper
 from worker.records import Records
 
@@ -39,6 +40,15 @@ def sweeper(app_settings, redis_conn, sqlite_engine):
     )
     yield reaper.Reaper(redis_conn, Records(sqlite_engine), sf, order_lock_ttl=2)
     sf.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own, to stop or pause mid-test; the shared one stays."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 def event_from(published: dict[str, Any]) -> dict[str, Any]:

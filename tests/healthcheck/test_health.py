@@ -19,7 +19,7 @@ from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.queueing import provisioning_queue
 from subscriber import intake
 from tests.fixtures.infra import TEST_REDIS_URL
-from tests.fixtures.outages import RedisServer, TcpGate, free_port
+from tests.fixtures.outages import TcpGate, free_port
 
 # Not a performance target (bench/ measures those): a generous guard that tells "answered at the
 # probe deadline" apart from "waited for a hung dependency".
@@ -59,14 +59,6 @@ def write_heartbeat(conn, now: float, **fields: object) -> None:
         **fields,
     }
     conn.hset(keys.heartbeat_key(DEFAULT_CHANNEL), mapping={k: str(v) for k, v in values.items()})
-
-
-@pytest.fixture
-def throwaway_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -287,12 +279,12 @@ def test_dashboard_needs_basic_auth_and_shows_a_failed_order_job(
 
 
 def test_redis_stopped_answers_503_within_the_bound_then_200_after_restart(
-    throwaway_redis, sqlite_engine, sqlite_url
+    own_redis, sqlite_engine, sqlite_url
 ):
-    client = app_for(throwaway_redis.url, sqlite_url).test_client()
+    client = app_for(own_redis.url, sqlite_url).test_client()
     assert get_health(client)[0] == 200
 
-    throwaway_redis.stop()
+    own_redis.stop()
     status, body, elapsed = get_health(client)
     assert status == 503
     assert body["status"] == "unavailable"
@@ -301,21 +293,21 @@ def test_redis_stopped_answers_503_within_the_bound_then_200_after_restart(
     assert body["database"]["status"] == "connected"
     assert elapsed < HANG_GUARD
 
-    throwaway_redis.start()
+    own_redis.start()
     assert get_health(client)[0] == 200
 
 
 def test_redis_hanging_answers_503_at_the_deadline_then_200_when_it_wakes(
-    throwaway_redis, sqlite_engine, sqlite_url
+    own_redis, sqlite_engine, sqlite_url
 ):
-    client = app_for(throwaway_redis.url, sqlite_url).test_client()
+    client = app_for(own_redis.url, sqlite_url).test_client()
     assert get_health(client)[0] == 200
 
-    throwaway_redis.pause()
+    own_redis.pause()
     try:
         status, body, elapsed = get_health(client)
     finally:
-        throwaway_redis.resume()
+        own_redis.resume()
     assert status == 503
     assert body["redis"]["status"] in ("timeout", "error")
     assert elapsed < HANG_GUARD

@@ -20,7 +20,6 @@ from sandbox.fixtures import standard_document
 from shared import keys
 from shared.errors import RedisUnavailable
 from shared.sfid import new_id
-from tests.fixtures.outages import RedisServer
 from tests.worker_support import (
     enqueue,
     event_from,
@@ -223,14 +222,6 @@ def test_an_order_that_does_not_exist_is_not_patched(
 
 # --- Redis gone in the middle of a job: the job runs in this process against its own
 # redis-server, so stopping it leaves the shared test Redis (and RQ's bookkeeping) alone ---
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_redis_gone_mid_job_is_eredis(sandbox_admin, app_settings, sqlite_engine, own_redis):
