@@ -49,8 +49,8 @@ class Schemas:
         return len(self._parsed)
 
 
-# What fastavro raises for bytes that are not a record of the schema (tests/test_pubsub.py
-# holds this against arbitrary bytes).
+# What fastavro raises for bytes that are not a record of the schema
+# (tests/subscriber/test_pubsub.py holds this against arbitrary bytes).
 UNDECODABLE = (ValueError, EOFError, KeyError, TypeError, IndexError)
 
 

@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping
 from types import FrameType
+from typing import Any
 
 import redis
 
@@ -32,6 +33,7 @@ from subscriber.leader import STANDBY_POLL, Keeper, Leadership, holder_name
 from subscriber.pubsub import PubSubStream
 from subscriber.pubsub_replay import PubSubReplayStore
 from subscriber.replay import ReplayStore
+from subscriber.session import SessionLoop
 from subscriber.stream import Stream
 
 log = logging.getLogger("subscriber")
@@ -157,7 +159,7 @@ def serve(
 
 
 def lead(
-    stream: Stream | PubSubStream,
+    stream: SessionLoop,
     leadership: Leadership,
     heartbeat: Heartbeat,
     stop: threading.Event,
@@ -166,7 +168,7 @@ def lead(
     keeper = Keeper(leadership, heartbeat.touch, lost)
     keeper.start()
     try:
-        heartbeat.state("starting", transport=transport_of(stream))
+        heartbeat.state("starting", transport=stream.transport)
         stream.run(lost)
     finally:
         keeper.stop()
@@ -177,8 +179,19 @@ def lead(
                 leadership.release()  # the standby takes over now, not after the TTL
 
 
-def transport_of(stream: Stream | PubSubStream) -> str:
-    return "pubsub" if isinstance(stream, PubSubStream) else "cometd"
+def build_intake(
+    settings: Settings, connection: redis.Redis, leadership: Leadership, **options: Any
+) -> Intake:
+    """The intake both transports feed, fenced by the leader lock."""
+    queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
+    return Intake(
+        connection,
+        queue,
+        settings.events.channel,
+        job_timeout=settings.job_timeout,
+        fence=(leadership.key, leadership.value),
+        **options,
+    )
 
 
 def build_stream(
@@ -187,7 +200,7 @@ def build_stream(
     heartbeat: Heartbeat,
     leadership: Leadership,
     shutdown: Shutdown,
-) -> Stream | PubSubStream:
+) -> SessionLoop:
     if settings.events.transport == "pubsub":
         return build_pubsub_stream(settings, connection, heartbeat, leadership, shutdown)
     sf, events = settings.salesforce, settings.events
@@ -203,15 +216,7 @@ def build_stream(
             request_timeout=sf.timeout,
         )
 
-    queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
-    intake = Intake(
-        connection,
-        queue,
-        events.channel,
-        job_timeout=settings.job_timeout,
-        fence=(leadership.key, leadership.value),
-        clock=lambda: server_now(connection),
-    )
+    intake = build_intake(settings, connection, leadership, clock=lambda: server_now(connection))
     return Stream(
         channel=events.channel,
         mode=events.replay,
@@ -234,17 +239,8 @@ def build_pubsub_stream(
 ) -> PubSubStream:
     """The same intake, lock and heartbeat as CometD; only the transport and its key differ."""
     events = settings.events
-    fence = (leadership.key, leadership.value)
-    replay_store = PubSubReplayStore(connection, events.channel, fence)
-    queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
-    intake = Intake(
-        connection,
-        queue,
-        events.channel,
-        job_timeout=settings.job_timeout,
-        fence=fence,
-        replay_key=replay_store.key,
-    )
+    replay_store = PubSubReplayStore(connection, events.channel, (leadership.key, leadership.value))
+    intake = build_intake(settings, connection, leadership, replay_key=replay_store.key)
     return PubSubStream(
         channel=events.channel,
         mode=events.replay,

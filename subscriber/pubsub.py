@@ -17,39 +17,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-import redis
 
 from shared import pubsub_api_pb2 as pb
 from shared import pubsub_api_pb2_grpc as pb_grpc
-from shared.errors import IntegrationError
-from shared.sfauth import Token, TokenProvider
+from shared.sfauth import Token
 from subscriber import avro_events, pubsub_replay
-from subscriber.advice import backoff_delay
-from subscriber.heartbeat import Heartbeat
-from subscriber.intake import Intake, NotLeader
+from subscriber.intake import NotLeader
 from subscriber.pubsub_replay import Position, PubSubReplayStore
+from subscriber.session import Restart, SessionLoop
 from subscriber.watchdog import STALL_FACTOR
 
 log = logging.getLogger(__name__)
 
 BATCH = 100  # Salesforce's cap on outstanding num_requested per stream
 MONITOR_STEP = 0.2  # how often stop, leadership and the watchdog are looked at
-
-
-class Restart(Exception):
-    """The stream is over; open a new one (after a new token if `reauth`, at once if `now`)."""
-
-    def __init__(self, reason: str, *, reauth: bool = False, now: bool = False) -> None:
-        super().__init__(reason)
-        self.reauth = reauth
-        self.now = now
 
 
 def open_channel(endpoint: str) -> grpc.Channel:
@@ -112,94 +98,32 @@ class _Monitor(threading.Thread):
             return
 
 
-class PubSubStream:
+class PubSubStream(SessionLoop):
+    replay: PubSubReplayStore  # narrowed from SessionLoop's
+    transport = "pubsub"
+
     def __init__(
         self,
         *,
-        channel: str,
-        mode: str,
-        tokens: TokenProvider,
         endpoint: str,
-        intake: Intake,
-        replay_store: PubSubReplayStore,
-        heartbeat: Heartbeat,
-        stop: threading.Event,
         stall_timeout: float,
         call_timeout: float,
         open_channel: Callable[[str], grpc.Channel] = open_channel,
-        clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
+        **common: Any,  # SessionLoop's: channel, mode, tokens, intake, replay_store, ...
     ) -> None:
-        self.channel = channel
-        self.mode = mode
-        self.tokens = tokens
+        super().__init__(**common)
         self.endpoint = endpoint
-        self.intake = intake
-        self.replay = replay_store
-        self.heartbeat = heartbeat
-        self.stop = stop
         self.stall_timeout = stall_timeout
         self.call_timeout = call_timeout
         self.open_channel = open_channel
-        self.clock = clock
-        self.rand = rand
-        self.lost = threading.Event()
         self.schemas = avro_events.Schemas(self._get_schema)
         self._stub: pb_grpc.PubSubStub | None = None
-        self._token: Token | None = None
-        self._subscribed_before = False  # ALL backfills once per process, not per stream
         self._override: Position | None = None  # the fallback after a refused id, used once
-        self._reauth = False
         self._reauth_tried = False
-        self._healthy = False
         self._last_seen = 0.0
-
-    # --- the loop -----------------------------------------------------------------------------
-
-    def run(self, lost: threading.Event) -> None:
-        """Streams until `stop` or `lost` is set; never raises for a server or network fault."""
-        self.lost = lost
-        attempt = 0
-        while not self._done():
-            self._healthy = False
-            try:
-                self._session()
-                return
-            except NotLeader as exc:
-                log.warning("Leader lock lost; standing down", extra={"reason": str(exc)})
-                lost.set()
-                return
-            except Restart as exc:
-                reason, self._reauth = str(exc), self._reauth or exc.reauth
-                if exc.now:
-                    self._log_restart(reason, 0.0)
-                    continue
-            except (IntegrationError, redis.RedisError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # an unforeseen reply shape must not kill the subscriber
-                log.exception("Unexpected error in the streaming session")
-                reason = f"{type(exc).__name__}: {exc}"
-            attempt = 0 if self._healthy else attempt + 1
-            self._back_off(reason, attempt)
-
-    def _done(self) -> bool:
-        return self.stop.is_set() or self.lost.is_set()
 
     def _stalled(self) -> bool:
         return self.clock() - self._last_seen > self.stall_timeout
-
-    def _log_restart(self, reason: str, delay: float) -> None:
-        log.warning(
-            "Streaming session ended; reconnecting",
-            extra={"reason": reason, "retry_in": round(delay, 2), "channel": self.channel},
-        )
-
-    def _back_off(self, reason: str, attempt: int) -> None:
-        delay = backoff_delay(attempt, self.rand())
-        self._log_restart(reason, delay)
-        with contextlib.suppress(redis.RedisError):
-            self.heartbeat.state("backoff")
-        self.stop.wait(delay)
 
     # --- one stream ---------------------------------------------------------------------------
 

@@ -9,14 +9,12 @@ not start far back.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import redis
 
 from shared import keys
-
-log = logging.getLogger(__name__)
+from subscriber.replay import ReplayStore
 
 LATEST, EARLIEST, CUSTOM = "LATEST", "EARLIEST", "CUSTOM"  # the API's ReplayPreset names
 
@@ -80,25 +78,15 @@ def parse(raw: bytes | str | None) -> bytes | None:
         return None
 
 
-class PubSubReplayStore:
+class PubSubReplayStore(ReplayStore):
+    parse = staticmethod(parse)
+
     def __init__(
         self, connection: redis.Redis, channel: str, fence: tuple[str, str] | None = None
     ) -> None:
-        self.redis = connection
-        self.channel = channel
-        self.key = keys.pubsub_replay_key(channel)
+        super().__init__(connection, channel, keys.pubsub_replay_key(channel))
         self.fence = fence
         self._fenced_set = connection.register_script(_FENCED_SET)
-
-    def get(self) -> bytes | None:
-        raw = self.redis.get(self.key)
-        value = parse(raw)
-        if raw is not None and value is None:
-            log.warning(
-                "Stored replay id is not a number; ignoring it",
-                extra={"key": self.key, "stored": raw[:40].decode(errors="replace")},
-            )
-        return value
 
     def set(self, replay_id: bytes) -> bool:
         """Store `replay_id`; False (nothing written) when the leader lock is no longer ours."""
@@ -106,6 +94,3 @@ class PubSubReplayStore:
         return bool(
             self._fenced_set(keys=[self.key, fence_key], args=[replay_id.hex(), fence_value])
         )
-
-    def reset(self) -> bool:
-        return bool(self.redis.delete(self.key))

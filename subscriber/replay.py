@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import redis
 
@@ -60,14 +61,18 @@ def parse(raw: bytes | str | None) -> int | None:
 
 
 class ReplayStore:
-    def __init__(self, connection: redis.Redis, channel: str) -> None:
+    """The CometD position; the Pub/Sub one (pubsub_replay.py) keeps its own key and parse."""
+
+    parse = staticmethod(parse)
+
+    def __init__(self, connection: redis.Redis, channel: str, key: str | None = None) -> None:
         self.redis = connection
         self.channel = channel
-        self.key = keys.replay_key(channel)
+        self.key = key or keys.replay_key(channel)
 
-    def get(self) -> int | None:
+    def get(self) -> Any:  # int | None here; bytes | None for the Pub/Sub transport
         raw = self.redis.get(self.key)
-        value = parse(raw)
+        value = self.parse(raw)
         if raw is not None and value is None:
             log.warning(
                 "Stored replay id is not a number; ignoring it",

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
-from shared.errors import IntegrationError
-from shared.sfauth import Token, TokenProvider
+from shared.sfauth import Token
 from subscriber import replay
-from subscriber.advice import Next, after_connect, after_handshake, after_subscribe, backoff_delay
+from subscriber.advice import Next, after_connect, after_handshake, after_subscribe
 from subscriber.cometd import BayeuxClient, Delivery
-from subscriber.heartbeat import Heartbeat
-from subscriber.intake import Intake, NotLeader
+from subscriber.session import Restart, SessionLoop
 from subscriber.watchdog import is_stalled
 
 log = logging.getLogger(__name__)
@@ -33,85 +26,23 @@ DISCONNECT_TIMEOUT = 2.0
 RETRY_PAUSE = 0.5  # seconds before retrying a refused connect whose advice says "retry"
 
 
-class Restart(Exception):
-    """The session is over; start a new one (after a new token if `reauth`)."""
+class Stream(SessionLoop):
+    replay: replay.ReplayStore  # narrowed from SessionLoop's
+    transport = "cometd"
 
-    def __init__(self, reason: str, *, reauth: bool = False) -> None:
-        super().__init__(reason)
-        self.reauth = reauth
-
-
-class Stream:
     def __init__(
         self,
         *,
-        channel: str,
-        mode: str,
-        tokens: TokenProvider,
         open_client: Callable[[Token], BayeuxClient],
-        intake: Intake,
-        replay_store: replay.ReplayStore,
-        heartbeat: Heartbeat,
-        stop: threading.Event,
         interruptible: Callable[
             [], contextlib.AbstractContextManager[Any]
         ] = contextlib.nullcontext,
-        clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
+        **common: Any,  # SessionLoop's: channel, mode, tokens, intake, replay_store, ...
     ) -> None:
-        self.channel = channel
-        self.mode = mode
-        self.tokens = tokens
+        super().__init__(**common)
         self.open_client = open_client
-        self.intake = intake
-        self.replay = replay_store
-        self.heartbeat = heartbeat
-        self.stop = stop
         self.interruptible = interruptible
-        self.clock = clock
-        self.rand = rand
-        self.lost = threading.Event()
-        self._subscribed_before = False  # ALL backfills once per process, not per session
-        self._token: Token | None = None
-        self._reauth = False
-        self._healthy = False
         self._last_success = 0.0
-
-    def run(self, lost: threading.Event) -> None:
-        """Sessions until `stop` or `lost` is set; never raises for a server or network fault."""
-        self.lost = lost
-        attempt = 0
-        while not self._done():
-            self._healthy = False
-            try:
-                self._session()
-                return
-            except NotLeader as exc:
-                log.warning("Leader lock lost; standing down", extra={"reason": str(exc)})
-                lost.set()
-                return
-            except Restart as exc:
-                reason, self._reauth = str(exc), self._reauth or exc.reauth
-            except (IntegrationError, redis.RedisError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # an unforeseen reply shape must not kill the subscriber
-                log.exception("Unexpected error in the streaming session")
-                reason = f"{type(exc).__name__}: {exc}"
-            attempt = 0 if self._healthy else attempt + 1
-            self._back_off(reason, attempt)
-
-    def _done(self) -> bool:
-        return self.stop.is_set() or self.lost.is_set()
-
-    def _back_off(self, reason: str, attempt: int) -> None:
-        delay = backoff_delay(attempt, self.rand())
-        log.warning(
-            "Streaming session ended; reconnecting",
-            extra={"reason": reason, "retry_in": round(delay, 2), "channel": self.channel},
-        )
-        with contextlib.suppress(redis.RedisError):
-            self.heartbeat.state("backoff")
-        self.stop.wait(delay)
 
     def _session(self) -> None:
         self.heartbeat.state("connecting")

@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.processes",
     "tests.fixtures.redis_topologies",
+    "tests.worker_support",  # the `sweeper` and `own_redis` fixtures
 ]

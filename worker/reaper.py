@@ -36,7 +36,6 @@ Several reapers are safe together: the order's lease lets only one act on an ord
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from shared.sfid import is_valid_id, to18
 from worker import clock as worker_clock
 from worker import lease as leases
 from worker import steps
+from worker.periodic import Periodic
 from worker.records import ACTIVATED, FAILED, RUNNING, SKIPPED, Attempt, Records
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class LostJob:
         return leases.InflightEntry(self.job_id, "", self.started_at, self.worker)
 
 
-class Reaper:
+class Reaper(Periodic):
     def __init__(
         self,
         connection: redis.Redis,
@@ -127,25 +127,7 @@ class Reaper:
         self.clock = clock
         self.queue_name = queue_name  # None: prov:inflight only
         self._done_jobs: dict[str, float] = {}  # RQ jobs already judged -> when (epoch seconds)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("Reaper pass failed")
-            self._stop.wait(self.interval)
+        super().__init__("reaper", self.run_once, self.interval, "Reaper pass failed")
 
     def run_once(self, now: float | None = None) -> list[str]:
         """One scan of prov:inflight, then of the queue's RQ registries (judged as at `now`,

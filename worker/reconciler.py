@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from shared import keys, queueing
 from shared.jobpayload import JobPayload
 from shared.salesforce import SalesforceClient
 from shared.sfid import is_valid_id, to18
+from worker.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Leadership:
         self.redis.eval(_RELEASE, 1, self.key, self.value)
 
 
-class Reconciler:
+class Reconciler(Periodic):
     def __init__(
         self,
         connection: redis.Redis,
@@ -169,29 +169,14 @@ class Reconciler:
         holder = holder or f"{socket.gethostname()}.{os.getpid()}"
         self.leadership = Leadership(connection, lock_ttl(interval, query_timeout), holder)
         self.started = clock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
-        self._thread.start()
+        super().__init__("reconciler", self.tick, self.poll, "Reconciler sweep failed")
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        super().stop()
         try:
             self.leadership.release()  # another worker takes over now, not after the TTL
         except redis.RedisError:
             pass
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a bad sweep must not end the loop: the next one tries again
-                log.exception("Reconciler sweep failed")
-            self._stop.wait(self.poll)
 
     def tick(self) -> list[str] | None:
         """Lead if we can; sweep if due. The orders given a job, or None when nothing ran."""

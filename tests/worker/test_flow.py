@@ -12,10 +12,8 @@ from rq.serializers import JSONSerializer
 
 from sandbox.fixtures import standard_document
 from shared import keys, outbox
-from shared.salesforce import SalesforceClient
-from shared.sfauth import TokenProvider
 from tests.worker_support import enqueue, event_from, failed_job_ids, latest, tuned, work
-from worker import orchestrator, reaper
+from worker import orchestrator
 from worker.records import Records
 
 STEP_NAMES = list(orchestrator.STEPS)
@@ -24,16 +22,6 @@ STEP_NAMES = list(orchestrator.STEPS)
 @pytest.fixture
 def world(sandbox_admin):
     return sandbox_admin.load(standard_document(orders=2))["refs"]
-
-
-@pytest.fixture
-def sweeper(app_settings, redis_conn, sqlite_engine):
-    """The reaper every worker runs, in this process (its delivery of waiting outcomes)."""
-    sf = SalesforceClient(
-        app_settings.salesforce, TokenProvider(app_settings.salesforce, redis_conn)
-    )
-    yield reaper.Reaper(redis_conn, Records(sqlite_engine), sf, order_lock_ttl=2)
-    sf.close()
 
 
 def approve_and_enqueue(admin, conn, settings, order_id):

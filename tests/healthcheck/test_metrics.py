@@ -61,7 +61,7 @@ def record(engine, status: str, error_code: str = "", steps=()) -> None:
 
 def fill_stores(redis_conn, engine) -> None:
     queue = provisioning_queue(redis_conn, "provisioning", 60)
-    queue.enqueue("tests.test_metrics.fail", {"order_id": ORDER}, job_id="evt-f")
+    queue.enqueue("tests.healthcheck.test_metrics.fail", {"order_id": ORDER}, job_id="evt-f")
     SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
     for n in range(3):
         queue.enqueue("worker.jobs.provision_order", {"order_id": ORDER}, job_id=f"evt-{n}")

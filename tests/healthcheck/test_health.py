@@ -19,7 +19,7 @@ from shared.config import DEFAULT_CHANNEL, load_settings
 from shared.queueing import provisioning_queue
 from subscriber import intake
 from tests.fixtures.infra import TEST_REDIS_URL
-from tests.fixtures.outages import RedisServer, TcpGate, free_port
+from tests.fixtures.outages import TcpGate, free_port
 
 # Not a performance target (bench/ measures those): a generous guard that tells "answered at the
 # probe deadline" apart from "waited for a hung dependency".
@@ -61,14 +61,6 @@ def write_heartbeat(conn, now: float, **fields: object) -> None:
     conn.hset(keys.heartbeat_key(DEFAULT_CHANNEL), mapping={k: str(v) for k, v in values.items()})
 
 
-@pytest.fixture
-def throwaway_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 # --- the report --------------------------------------------------------------------------------
 
 
@@ -90,7 +82,7 @@ def test_health_reports_the_pubsub_position_when_the_subscriber_runs_pubsub(
 
 def test_health_reports_stores_queue_replay_and_subscriber(redis_conn, sqlite_engine, sqlite_url):
     queue = provisioning_queue(redis_conn, "provisioning", 60)
-    queue.enqueue("tests.test_health.explode", job_id="evt-failing")
+    queue.enqueue("tests.healthcheck.test_health.explode", job_id="evt-failing")
     SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
     for n in range(2):
         queue.enqueue("worker.jobs.provision_order", {"order_id": f"801{n}"}, job_id=f"evt-{n}")
@@ -247,7 +239,7 @@ def test_dashboard_needs_basic_auth_and_shows_a_failed_order_job(
     }
     # Described and tagged as the subscriber does; only the function is one that fails for sure.
     queue.enqueue_call(
-        "tests.test_health.explode",
+        "tests.healthcheck.test_health.explode",
         args=(event,),
         job_id="evt-e-1",
         description=intake.job_description(event),
@@ -287,12 +279,12 @@ def test_dashboard_needs_basic_auth_and_shows_a_failed_order_job(
 
 
 def test_redis_stopped_answers_503_within_the_bound_then_200_after_restart(
-    throwaway_redis, sqlite_engine, sqlite_url
+    own_redis, sqlite_engine, sqlite_url
 ):
-    client = app_for(throwaway_redis.url, sqlite_url).test_client()
+    client = app_for(own_redis.url, sqlite_url).test_client()
     assert get_health(client)[0] == 200
 
-    throwaway_redis.stop()
+    own_redis.stop()
     status, body, elapsed = get_health(client)
     assert status == 503
     assert body["status"] == "unavailable"
@@ -301,21 +293,21 @@ def test_redis_stopped_answers_503_within_the_bound_then_200_after_restart(
     assert body["database"]["status"] == "connected"
     assert elapsed < HANG_GUARD
 
-    throwaway_redis.start()
+    own_redis.start()
     assert get_health(client)[0] == 200
 
 
 def test_redis_hanging_answers_503_at_the_deadline_then_200_when_it_wakes(
-    throwaway_redis, sqlite_engine, sqlite_url
+    own_redis, sqlite_engine, sqlite_url
 ):
-    client = app_for(throwaway_redis.url, sqlite_url).test_client()
+    client = app_for(own_redis.url, sqlite_url).test_client()
     assert get_health(client)[0] == 200
 
-    throwaway_redis.pause()
+    own_redis.pause()
     try:
         status, body, elapsed = get_health(client)
     finally:
-        throwaway_redis.resume()
+        own_redis.resume()
     assert status == 503
     assert body["redis"]["status"] in ("timeout", "error")
     assert elapsed < HANG_GUARD

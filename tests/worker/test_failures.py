@@ -20,17 +20,16 @@ from sandbox.fixtures import standard_document
 from shared import keys
 from shared.errors import RedisUnavailable
 from shared.sfid import new_id
-from tests.fixtures.outages import RedisServer
 from tests.worker_support import (
     enqueue,
     event_from,
     failed_job_ids,
     latest,
+    run_in_process,
     tuned,
     wait_until,
     work,
 )
-from worker import jobs, orchestrator
 
 
 @dataclass
@@ -225,24 +224,6 @@ def test_an_order_that_does_not_exist_is_not_patched(
 # redis-server, so stopping it leaves the shared test Redis (and RQ's bookkeeping) alone ---
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-def run_in_process(settings, published):
-    services = jobs.build_services(settings)
-    try:
-        return orchestrator.run(services, orchestrator.Event.from_payload(published, "evt-own"))
-    finally:
-        services.whmcs.close()
-        services.salesforce.close()
-        services.records.engine.dispose()
-
-
 def test_redis_gone_mid_job_is_eredis(sandbox_admin, app_settings, sqlite_engine, own_redis):
     order_id = sandbox_admin.load(standard_document())["refs"]["o1"]
     event = event_from(sandbox_admin.approve(order_id))
@@ -285,7 +266,7 @@ def test_redis_gone_before_the_lease_leaves_the_order_to_the_reaper(
         run_in_process(dataclasses.replace(app_settings, redis_url=own_redis.url), event)
 
     # Without the lease the job cannot tell whether the order is its to touch: it does not, and
-    # its attempt stays `running` with the code for the reaper to deliver (test_worker_reaper).
+    # its attempt stays `running` with the code for the reaper to deliver (test_reaper.py).
     assert sandbox_admin.order(order_id)["Activation_Status__c"] == "Activating"
     assert sandbox_admin.sf_counters()["api_calls"]["patch"] == 0
     attempt, _steps = latest(sqlite_engine, order_id)

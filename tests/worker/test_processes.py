@@ -4,38 +4,23 @@ nothing new)."""
 
 from __future__ import annotations
 
-import os
-import signal
-from pathlib import Path
-
 import pytest
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from sandbox.fixtures import standard_document
 from shared import keys
-from tests.worker_support import enqueue, event_from, failed_job_ids, latest, wait_until
+from tests.worker_support import (
+    enqueue,
+    event_from,
+    failed_job_ids,
+    kill_9_and_reap,
+    latest,
+    wait_until,
+)
 from worker.records import Records
 
 pytestmark = pytest.mark.slow
-
-
-def kill_9_with_horses(service):
-    """kill -9 the worker and its work horses, as a node loss would. RQ's horse runs in a process
-    group of its own (setpgrp), so killing the worker's group alone would leave it working."""
-    children = Path(f"/proc/{service.pid}/task/{service.pid}/children").read_text().split()
-    for pid in map(int, children):
-        os.kill(pid, signal.SIGKILL)
-    service.kill()
-    wait_until(lambda: not any(_running(int(pid)) for pid in children))
-
-
-def _running(pid):
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"  # a zombie is dead, just not yet reaped by its new parent
 
 
 def job_status(conn, job_id):
@@ -140,10 +125,7 @@ def test_kill_9_during_whmcs_create_then_retry(
     attempt, _ = latest(sqlite_engine, order_id)
     assert attempt.step == "whmcs_create" and attempt.create_outcome_unknown
 
-    kill_9_with_horses(doomed)
-
-    survivor = services.start("worker", env)
-    survivor.wait_for_message("Abandoned job reaped", timeout=30)
+    kill_9_and_reap(services, doomed, env, timeout=30)
     stored = sandbox_admin.order(order_id)
     assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
         "Failed",

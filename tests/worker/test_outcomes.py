@@ -20,10 +20,15 @@ from shared import keys, outbox
 from shared.salesforce import SalesforceClient
 from shared.sfauth import TokenProvider
 from tests.fixtures.outages import RedisServer
-from tests.test_worker_processes import kill_9_with_horses
-from tests.worker_support import enqueue, event_from, latest, wait_until, work
-from worker import jobs, orchestrator, reaper
-from worker.records import Records
+from tests.worker_support import (
+    enqueue,
+    event_from,
+    kill_9_and_reap,
+    latest,
+    run_in_process,
+    wait_until,
+    work,
+)
 
 
 def whmcs_orders(admin):
@@ -47,15 +52,6 @@ def retry_and_work(admin, conn, settings, order_id):
 def waiting(conn, order_id):
     raw = conn.hget(keys.OUTBOX, order_id)
     return outbox.Waiting.loads(raw) if raw is not None else None
-
-
-@pytest.fixture
-def sweeper(app_settings, redis_conn, sqlite_engine):
-    sf = SalesforceClient(
-        app_settings.salesforce, TokenProvider(app_settings.salesforce, redis_conn)
-    )
-    yield reaper.Reaper(redis_conn, Records(sqlite_engine), sf, order_lock_ttl=2)
-    sf.close()
 
 
 # --- quantities ------------------------------------------------------------------------------
@@ -204,13 +200,7 @@ def test_a_database_error_after_the_success_patch_leaves_activated_for_the_reape
 
     breaker = threading.Thread(target=database_goes_away, daemon=True)
     breaker.start()
-    services = jobs.build_services(app_settings)
-    try:
-        outcome = orchestrator.run(services, orchestrator.Event.from_payload(event, "evt-db"))
-    finally:
-        services.whmcs.close()
-        services.salesforce.close()
-        services.records.engine.dispose()
+    outcome = run_in_process(app_settings, event, "evt-db")
     breaker.join(timeout=60)
 
     assert outcome.outcome == "activated"
@@ -315,9 +305,7 @@ def test_a_worker_killed_while_finishing_a_retry_is_reaped_and_the_next_retry_fi
         lambda: any(f["target"] == "whmcs.AcceptOrder" for f in sandbox_admin.fault_history())
     )
 
-    kill_9_with_horses(doomed)
-    survivor = services.start("worker", env)
-    survivor.wait_for_message("Abandoned job reaped", timeout=60)
+    kill_9_and_reap(services, doomed, env)
 
     stored = sandbox_admin.order(order_id)
     assert (stored["Activation_Status__c"], stored["Activation_Error_Code__c"]) == (
@@ -353,13 +341,7 @@ def test_redis_gone_after_the_success_patch_leaves_activated(
         stopper = threading.Thread(target=redis_goes_away, daemon=True)
         stopper.start()
         settings = dataclasses.replace(app_settings, redis_url=server.url)
-        services = jobs.build_services(settings)
-        try:
-            outcome = orchestrator.run(services, orchestrator.Event.from_payload(event, "evt-r"))
-        finally:
-            services.whmcs.close()
-            services.salesforce.close()
-            services.records.engine.dispose()
+        outcome = run_in_process(settings, event, "evt-r")
         stopper.join(timeout=60)
     finally:
         server.stop()

@@ -1,7 +1,7 @@
 """The Pub/Sub transport: its pure decisions, the sandbox's gRPC endpoint seen by a real gRPC
 client over TLS, and the subscriber process on the situations only Pub/Sub has (schemas, a
 refused token, flow control). The situations both transports share are in
-tests/test_subscriber_process.py, parametrized."""
+tests/subscriber/test_process.py, parametrized."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from subscriber.avro_events import UNDECODABLE, iso_datetime
 from subscriber.avro_events import decode as decode_payload
 from subscriber.pubsub import metadata
 from subscriber.pubsub_replay import Position
-from tests.test_subscriber_process import (
+from tests.subscriber.test_process import (
     ENQUEUED,
     RESTARTING,
     SUBSCRIBED,

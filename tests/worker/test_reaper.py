@@ -32,15 +32,6 @@ def order_id(sandbox_admin):
     return order
 
 
-@pytest.fixture
-def sweeper(app_settings, redis_conn, sqlite_engine):
-    sf = SalesforceClient(
-        app_settings.salesforce, TokenProvider(app_settings.salesforce, redis_conn)
-    )
-    yield reaper.Reaper(redis_conn, Records(sqlite_engine), sf, order_lock_ttl=2)
-    sf.close()
-
-
 def abandon(redis_conn, records, order_id, step="whmcs_create", **values):
     """What a killed job leaves behind: a running attempt and an entry with no live lease."""
     attempt = records.begin(order_id=order_id, job_id="evt-dead", worker="host.1", now=NOW)

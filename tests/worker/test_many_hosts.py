@@ -25,9 +25,8 @@ from shared import keys
 from shared.salesforce import SalesforceClient
 from shared.servertime import offset, server_now
 from shared.sfauth import TokenProvider
-from tests.test_worker_processes import kill_9_with_horses
-from tests.test_worker_reaper import LATER, dequeued
-from tests.worker_support import event_from
+from tests.worker.test_reaper import LATER, dequeued
+from tests.worker_support import event_from, kill_9_with_horses
 from worker import clock, reaper
 from worker.records import Records
 
@@ -39,7 +38,7 @@ pytestmark = [
 SUBSCRIBED = "Subscribed to platform event channel"
 
 
-SHIM = Path(__file__).parent / "fixtures" / "skewclock.c"
+SHIM = Path(__file__).parent.parent / "fixtures" / "skewclock.c"
 
 
 @pytest.fixture(scope="module")
