@@ -64,36 +64,8 @@ def test_init_files_stay_empty(package):
 
 
 # --- import circles, name clashes and prefix families, computed from the tree ------------------
-# Each KNOWN_* list holds the offenders of the tree as it was when the rule came (issue 13), for
-# the branches that remove them. A listed offender that is still there is an expected failure; a
-# new one fails, and so does a listed one that is gone (strict), so the lists cannot rot: empty
-# them as the offenders go.
+# (issue 13 removed the last of each; these keep them out)
 
-# Strongly connected groups of modules that import one another (whatever the import's place).
-KNOWN_CIRCLES = [
-    ("healthcheck/app.py", "healthcheck/metrics.py"),
-    ("provisioner/doctor.py", "provisioner/doctor_checks.py", "provisioner/doctor_order.py"),
-    ("sandbox/admin.py", "sandbox/app.py"),
-]
-# Modules of the same name in two folders, for different things.
-KNOWN_CLASHES = [
-    ("bench/jobs.py", "worker/jobs.py"),
-    ("provisioner/mappings.py", "worker/mapping.py"),
-    ("provisioner/replay.py", "subscriber/replay.py"),
-    ("sandbox/cometd.py", "subscriber/cometd.py"),
-    ("sandbox/http.py", "shared/http.py"),
-    ("sandbox/pubsub.py", "subscriber/pubsub.py"),
-    ("sandbox/salesforce.py", "shared/salesforce.py"),
-    ("sandbox/whmcs.py", "shared/whmcs.py"),
-]
-# Families of modules named alike in a large flat folder: a package waiting to be made.
-KNOWN_FAMILIES = [
-    ("bench", "chaos"),
-    ("provisioner", "demo"),
-    ("provisioner", "doctor"),
-    ("sandbox", "sf"),
-    ("sandbox", "whmcs"),
-]
 # Same-role names, allowed in many folders: a package's entry points and fixtures, and the parts
 # alike packages each have (sandbox/salesforce/ and sandbox/whmcs/ each an emulator.py; the
 # doctor's and the demo's command.py).
@@ -261,40 +233,18 @@ def families() -> dict[tuple[str, str], list[str]]:
     return found
 
 
-def _known(entries: list, marks_reason: str) -> list:
-    return [
-        pytest.param(entry, marks=pytest.mark.xfail(strict=True, reason=marks_reason))
-        for entry in entries
-    ]
+def test_no_import_circle():
+    found = circles()
+    assert not found, "import circles:\n" + "\n".join(found.values())
 
 
-def test_no_new_import_circle():
-    new = {group: loop for group, loop in circles().items() if group not in KNOWN_CIRCLES}
-    assert not new, "import circles:\n" + "\n".join(new.values())
-
-
-@pytest.mark.parametrize("group", _known(KNOWN_CIRCLES, "a known circle (issue 13)"))
-def test_known_import_circle_is_gone(group):
-    assert group not in circles(), circles().get(group)
-
-
-def test_no_new_module_name_clash():
-    assert clashes() - set(KNOWN_CLASHES) == set()
-
-
-@pytest.mark.parametrize("pair", _known(KNOWN_CLASHES, "a known name clash (issue 13)"))
-def test_known_module_name_clash_is_gone(pair):
-    assert pair not in clashes()
+def test_no_module_name_clash():
+    assert clashes() == set()
 
 
 def test_large_folders_hold_no_family_of_names():
     print("folders with more than eight modules:")
     for folder, names in large_folders().items():
         print(f"  {folder}/ ({len(names)}): {', '.join(names)}")
-    new = {key: names for key, names in families().items() if key not in KNOWN_FAMILIES}
-    assert not new, f"make these packages: {new}"
-
-
-@pytest.mark.parametrize("family", _known(KNOWN_FAMILIES, "a known family (issue 13)"))
-def test_known_family_is_gone(family):
-    assert family not in families()
+    found = families()
+    assert not found, f"make these packages: {found}"

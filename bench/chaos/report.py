@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.chaos.check import Check, World, outcome
 from bench.chaos.inject import Injection
+from bench.chaos.promise import Check, World, outcome
 from bench.chaos.schedule import BY_KEY, STREAM_KINDS, STREAM_TARGETS, kinds
 from provisioner.kit.supervisor import Respawn
 

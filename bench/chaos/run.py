@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from bench.chaos import check as chaos_check
+from bench.chaos import promise as chaos_check
 from bench.chaos import report as chaos_report
 from bench.chaos import state as chaos_state
 from bench.chaos.inject import REFUSED_CODE, FireLog, Injection, Injector, MintLog, Timeline

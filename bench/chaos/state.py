@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, select
 
-from bench.chaos.check import Attempt, Event, WhmcsOrder, World
+from bench.chaos.promise import Attempt, Event, WhmcsOrder, World
 from shared import db, keys
 from shared.queueing import job_id_for
 

@@ -14,12 +14,12 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy import update
 
-from bench.chaos import check as chaos_check
+from bench.chaos import promise as chaos_check
 from bench.chaos import report as chaos_report
 from bench.chaos import schedule as chaos_faults
 from bench.chaos import stage as chaos_rig
-from bench.chaos.check import ACTIVATED, FAILED, Attempt, Event, WhmcsOrder, World
 from bench.chaos.inject import Injection
+from bench.chaos.promise import ACTIVATED, FAILED, Attempt, Event, WhmcsOrder, World
 from sandbox.fixtures import standard_document
 from shared import db
 from shared.whmcs import OrderLine, WhmcsClient
