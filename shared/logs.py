@@ -35,10 +35,6 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> dict[str, Any]:
-    return dict(_context.get() or {})
-
-
 def register_secrets(values: Iterable[str]) -> None:
     """Values that are replaced by *** wherever they appear in a log line."""
     for value in values:
