@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import grpc
+
 from healthcheck import probes
 from provisioner.doctor.checklist import STORE_TIMEOUT, Check, Context, Verdict, failed, passed
 from shared import keys, outbox
+from shared import pubsub_api_pb2 as pb
+from shared import pubsub_api_pb2_grpc as pb_grpc
 from shared.errors import AuthError, IntegrationError, RemoteError
 from shared.servertime import server_now
 from shared.sfid import is_valid_id, to18
+from subscriber import pubsub
 from subscriber.cometd import BayeuxClient
 from subscriber.heartbeat import dead_letters as read_dead_letters
 from subscriber.replay import TIP
@@ -191,19 +196,51 @@ def events_enabled(ctx: Context) -> Verdict:
     )
 
 
+FIX_CHANNEL_ACCESS = (
+    FIX_NO_EVENTS + "; grant the API user read access to the platform event "
+    "(permission set) and check the channel name (case-sensitive)"
+)
+
+
 def event_channel(ctx: Context) -> Verdict:
+    """The transport the subscriber uses (SF_EVENTS_TRANSPORT), probed with its own client."""
+    if ctx.s.events.transport == "pubsub":
+        return pubsub_topic(ctx)
     channel = ctx.s.events.channel
     try:
         error = subscribe_once(bayeux_client(ctx), channel)
     except IntegrationError as exc:
         return failed(f"CometD endpoint failed: {type(exc).__name__}: {exc}", FIX_NO_EVENTS)
     if error:
-        return failed(
-            error,
-            FIX_NO_EVENTS + "; grant the API user read access to the platform event "
-            "(permission set) and check the channel name (case-sensitive)",
-        )
+        return failed(error, FIX_CHANNEL_ACCESS)
     return passed(f"CometD handshake and subscribe to {channel} accepted (then disconnected)")
+
+
+def pubsub_topic(ctx: Context) -> Verdict:
+    """GetTopic with the subscriber's channel and call metadata: endpoint, TLS, token, org id
+    and the topic, without opening a stream."""
+    channel, endpoint = ctx.s.events.channel, ctx.s.events.pubsub_endpoint
+    request = pb.TopicRequest(topic_name=channel)
+    try:
+        with pubsub.open_channel(endpoint) as grpc_channel:
+            topic = pb_grpc.PubSubStub(grpc_channel).GetTopic(
+                request,
+                metadata=pubsub.metadata(ctx.tokens.current()),
+                timeout=ctx.s.salesforce.timeout,
+            )
+    except grpc.RpcError as exc:
+        code = pubsub.trailers(exc).get("error-code", "")
+        why = " ".join(p for p in (pubsub.status_name(exc), code, exc.details() or "") if p)
+        return failed(
+            f"Pub/Sub GetTopic {channel} at {endpoint} refused: {why}", FIX_CHANNEL_ACCESS
+        )
+    if not topic.can_subscribe:
+        return failed(
+            f"Pub/Sub topic {channel}: the API user may not subscribe", FIX_CHANNEL_ACCESS
+        )
+    return passed(
+        f"Pub/Sub GetTopic {channel} at {endpoint}: can_subscribe (schema {topic.schema_id})"
+    )
 
 
 def bayeux_client(ctx: Context) -> BayeuxClient:

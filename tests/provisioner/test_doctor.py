@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from rq import SimpleWorker
@@ -523,3 +524,23 @@ def test_doctor_reports_waiting_outcomes(app_settings, redis_conn):
     ctx = Context(app_settings, {})
     result = checks.waiting_outcomes(ctx)
     assert not result.ok and "last refused with 403" in result.detail
+
+
+def test_with_pubsub_the_event_channel_is_probed_over_grpc(app_env, healthy):
+    """SF_EVENTS_TRANSPORT=pubsub: the probe is the subscriber's own gRPC channel and call
+    metadata (GetTopic), not CometD; a topic the org does not have fails with gRPC's words."""
+    env = {**app_env, "SF_EVENTS_TRANSPORT": "pubsub"}
+
+    def channel_line(run_env: dict[str, str]) -> dict[str, Any]:
+        result = run_cli(run_env, "--json")
+        return {c["name"]: c for c in json.loads(result.stdout)["checks"]}[
+            "event channel subscribable"
+        ]
+
+    good = channel_line(env)
+    assert good["ok"], good
+    assert good["detail"].startswith(f"Pub/Sub GetTopic {DEFAULT_CHANNEL} at ")
+    assert "can_subscribe" in good["detail"]
+    missing = channel_line({**env, "SF_PROVISION_EVENT_CHANNEL": "/event/Nothing__e"})
+    assert not missing["ok"]
+    assert "refused: NOT_FOUND" in missing["detail"]
