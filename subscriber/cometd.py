@@ -15,7 +15,9 @@ from typing import Any
 
 import requests
 
+from shared.config import SalesforceSettings
 from shared.errors import BadResponse, ConnectionFailed, HttpStatusError, UpstreamTimeout
+from shared.sfauth import Token
 
 SYSTEM = "salesforce"
 DEFAULT_ADVISED_TIMEOUT = 110.0  # what Salesforce advises; used until the server says otherwise
@@ -93,6 +95,20 @@ class BayeuxClient:
         self.advised_timeout = DEFAULT_ADVISED_TIMEOUT
         self.interval = 0.0
         self._next_id = 0
+
+    @classmethod
+    def for_org(
+        cls, token: Token, sf: SalesforceSettings, session: requests.Session
+    ) -> BayeuxClient:
+        """The org's CometD endpoint of the token's instance, at the configured API version."""
+        url = f"{token.instance_url.rstrip('/')}/cometd/{sf.api_version}"
+        return cls(
+            url,
+            token.access_token,
+            session,
+            connect_timeout=sf.connect_timeout,
+            request_timeout=sf.timeout,
+        )
 
     @property
     def poll_timeout(self) -> float:

@@ -182,7 +182,8 @@ def lead(
 def build_intake(
     settings: Settings, connection: redis.Redis, leadership: Leadership, **options: Any
 ) -> Intake:
-    """The intake both transports feed, fenced by the leader lock."""
+    """The intake both transports feed, fenced by the leader lock, stamping times by Redis's
+    clock (health and doctor on other hosts judge the heartbeat's and dead letters' ages)."""
     queue = provisioning_queue(connection, settings.queue_name, settings.job_timeout)
     return Intake(
         connection,
@@ -190,6 +191,7 @@ def build_intake(
         settings.events.channel,
         job_timeout=settings.job_timeout,
         fence=(leadership.key, leadership.value),
+        clock=lambda: server_now(connection),
         **options,
     )
 
@@ -206,17 +208,9 @@ def build_stream(
     sf, events = settings.salesforce, settings.events
 
     def open_client(token: Token) -> BayeuxClient:
-        url = f"{token.instance_url.rstrip('/')}/cometd/{sf.api_version}"
-        session = TimeoutSession(sf.connect_timeout, sf.timeout)
-        return BayeuxClient(
-            url,
-            token.access_token,
-            session,
-            connect_timeout=sf.connect_timeout,
-            request_timeout=sf.timeout,
-        )
+        return BayeuxClient.for_org(token, sf, TimeoutSession(sf.connect_timeout, sf.timeout))
 
-    intake = build_intake(settings, connection, leadership, clock=lambda: server_now(connection))
+    intake = build_intake(settings, connection, leadership)
     return Stream(
         channel=events.channel,
         mode=events.replay,

@@ -245,15 +245,7 @@ def pubsub_topic(ctx: Context) -> Verdict:
 
 def bayeux_client(ctx: Context) -> BayeuxClient:
     """The subscriber's own CometD client, on the doctor's token and a session of its own."""
-    sf, token = ctx.s.salesforce, ctx.tokens.current()
-    url = f"{token.instance_url.rstrip('/')}/cometd/{sf.api_version}"
-    return BayeuxClient(
-        url,
-        token.access_token,
-        ctx.session(),
-        connect_timeout=sf.connect_timeout,
-        request_timeout=sf.timeout,
-    )
+    return BayeuxClient.for_org(ctx.tokens.current(), ctx.s.salesforce, ctx.session())
 
 
 def subscribe_once(client: BayeuxClient, channel: str) -> str:
