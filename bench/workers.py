@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +69,10 @@ class Drain:
 def measure(run: Run) -> Measurement:
     result = Measurement(6, "worker_classes", "Worker class: per-job cost")
     conn = run.redis()
-    trivial = {v.label: _drain(run, conn, v, "bench.workers.noop", None) for v in VARIANTS}
-    sleepy = {v.label: _drain(run, conn, v, "bench.workers.sleep_ms", SLEEP_MS) for v in VARIANTS}
+    trivial = {v.label: _drain(run, conn, v, "bench.sample_jobs.noop", None) for v in VARIANTS}
+    sleepy = {
+        v.label: _drain(run, conn, v, "bench.sample_jobs.sleep_ms", SLEEP_MS) for v in VARIANTS
+    }
     reference = trivial[REFERENCE.label]
     for drain in trivial.values():
         result.rows.append(_trivial_row(drain, reference))
@@ -172,12 +173,3 @@ def fork_overhead_ms(measured: Measurement) -> float | None:
     if fork is None or simple is None:
         return None
     return fork.value - simple.value
-
-
-# Jobs of known cost, run by the workers measured: nothing, and a fixed sleep.
-def noop(i: int) -> int:
-    return i
-
-
-def sleep_ms(milliseconds: float) -> None:
-    time.sleep(milliseconds / 1000)
