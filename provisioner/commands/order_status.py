@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -32,11 +33,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([as_dict(a, s) for a, s in history], default=str, indent=2))
     else:
-        print(render(to18(args.order_id), history))
+        print(render(to18(args.order_id), history, {}))
     return 0 if history else 1
 
 
-def render(order_id: str, history: list[tuple[Attempt, list[StepRecord]]]) -> str:
+def render(
+    order_id: str, history: list[tuple[Attempt, list[StepRecord]]], jobs: Mapping[str, str]
+) -> str:
+    """The timeline; `jobs` adds, per attempt, its RQ job's line (the doctor's `job_line`)."""
     if not history:
         return f"Order {order_id}: no fulfilment attempts recorded"
     lines = [f"Order {order_id}: {len(history)} attempt(s)"]
@@ -49,6 +53,8 @@ def render(order_id: str, history: list[tuple[Attempt, list[StepRecord]]]) -> st
                 f"    {_time(step.at)}  {step.step:<17} {step.outcome:<8} "
                 f"{step.duration_ms:>8.1f} ms{detail}"
             )
+        if attempt.job_id in jobs:
+            lines.append(f"  {jobs[attempt.job_id]}")
     return "\n".join(lines)
 
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from provisioner.commands.order_status import render as render_timeline
 from provisioner.doctor.checklist import Check, Context, Verdict, failed, passed
 from provisioner.doctor.checks import FIX_JWT, FIX_MAPPING, FIX_NO_EVENTS
 from shared.errors import OrderError, OrderNotFound, RemoteError
 from shared.sfid import is_valid_id, to18
 from worker import mapping, steps
-from worker.records import Attempt, Records, StepRecord
+from worker.records import Records
 
 FIX_PAYMENT = (
     "Runbook '409 Payment method missing': the customer has no WHMCS payment method; ask the "
@@ -111,41 +112,18 @@ def status_verdict(order: steps.Order) -> Verdict:
 def timeline(ctx: Context, order_id: str) -> Verdict:
     order_id = to18(order_id) if is_valid_id(order_id, "Order") else order_id
     history = Records(ctx.engine).history(order_id)
-    jobs = {a.job_id: job_line(ctx, a.job_id) for a, _ in history if a.job_id}
-    text = render_timeline(history, jobs)
     order = ctx.extras.get(ORDER)
     if not history:
         waiting = order is not None and order.activation_status in (steps.ACTIVATING, steps.FAILED)
         if waiting:
             return failed("no fulfilment attempt recorded: no worker ever took it", FIX_NO_EVENTS)
         return passed("no fulfilment attempt recorded (the order was never approved)")
+    jobs = {a.job_id: job_line(ctx, a.job_id) for a, _ in history if a.job_id}
+    text = render_timeline(order_id, history, jobs)
     last = history[-1][0]
     if last.status == "failed":
         return failed(text, FIXES.get(last.error_code, FIX_DEFAULT))
     return passed(text)
-
-
-def render_timeline(
-    history: Iterable[tuple[Attempt, list[StepRecord]]], jobs: Mapping[str, str]
-) -> str:
-    lines = []
-    for attempt, step_log in history:
-        error = f" [{attempt.error_code}] {attempt.error_message}" if attempt.error_code else ""
-        started = attempt.started_at.isoformat(timespec="seconds") if attempt.started_at else "?"
-        lines.append(
-            f"attempt {attempt.attempt} at {started} by job {attempt.job_id or '-'}: "
-            f"{attempt.status}{error}"
-        )
-        if attempt.whmcs_order_id:
-            lines.append(
-                f"  WHMCS order {attempt.whmcs_order_id}, client {attempt.whmcs_client_id}"
-            )
-        for record in step_log:
-            detail = f": {record.detail}" if record.detail else ""
-            lines.append(f"  {record.step} {record.outcome} ({record.duration_ms:.0f} ms){detail}")
-        if attempt.job_id in jobs:
-            lines.append(f"  {jobs[attempt.job_id]}")
-    return "\n".join(lines)
 
 
 def job_line(ctx: Context, job_id: str) -> str:
