@@ -121,7 +121,7 @@ class Demo:
 
     def main(self) -> int:
         try:
-            with _signals_interrupt():
+            with _signals(INTERRUPT):
                 self.start_everything()
                 rows = self.run_orders()
                 self.say("\n" + summary_table(rows) + "\n\n" + verdict_line(rows))
@@ -144,7 +144,7 @@ class Demo:
             self.say(f"\ndemo failed: {exc}\nlog file: {self.log_path}")
             return EXIT_FAILED
         finally:
-            with _signals_ignored():
+            with _signals(IGNORE):
                 self.stop_everything()
 
     # --- start -------------------------------------------------------------------------------
@@ -370,28 +370,20 @@ def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP all stop the demo cleanly.
+# Ctrl-C, SIGTERM and SIGHUP all stop the demo cleanly. SIGINT is set explicitly: a shell without
+# job control starts background commands with it ignored, and Python then leaves it ignored.
+INTERRUPT = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: _interrupt,
+    signal.SIGHUP: _interrupt,
+}
+# While stopping, a second Ctrl-C must not leave half the processes running.
+IGNORE = dict.fromkeys(INTERRUPT, signal.SIG_IGN)
 
-    SIGINT is set explicitly: a shell without job control starts background commands with it
-    ignored, and Python then leaves it ignored.
-    """
-    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _interrupt}
-    handlers[signal.SIGHUP] = _interrupt
+
+@contextlib.contextmanager
+def _signals(handlers: dict[signal.Signals, Any]) -> Iterator[None]:
     previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While stopping, a second Ctrl-C must not leave half the processes running."""
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in watched}
     try:
         yield
     finally:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sandbox import fixtures
+
 ACTIVATED, FAILED = "Activated", "Failed"
 
 
@@ -166,36 +168,19 @@ def _order(order: PlannedOrder) -> dict[str, Any]:
 
 def _client(customer: Customer) -> dict[str, Any]:
     first, last = customer.contact
-    card = {
-        "type": "RemoteCreditCard",
-        "gateway_name": "stripe",
-        "description": "Visa 4242",
-        "card_last_four": "4242",
-    }
-    return {
-        "id": customer.client_id,
-        "firstname": first,
-        "lastname": last,
-        "companyname": customer.name,
-        "email": f"{first.lower()}@{customer.ref}.example",
-        "status": "Active",
-        "defaultgateway": "stripe",
-        "currency_code": "USD",
-        "paymethods": [card] if customer.card else [],
-    }
+    email = f"{first.lower()}@{customer.ref}.example"
+    client = fixtures.whmcs_client(customer.client_id, paymethod=customer.card, email=email)
+    return {**client, "firstname": first, "lastname": last, "companyname": customer.name}
 
 
 def _whmcs_product(product: Product) -> dict[str, Any]:
-    cycles = ("monthly", "quarterly", "semiannually", "annually", "biennially", "triennially")
-    prices = {cycle: "-1.00" for cycle in cycles}
-    prices.update(monthly=f"{product.monthly:.2f}", annually=f"{product.annually:.2f}")
     return {
         "pid": product.pid,
         "gid": 1,
         "name": product.name,
         "type": "other",
         "paytype": "recurring",
-        "pricing": {"USD": prices},
+        "pricing": fixtures.whmcs_pricing(f"{product.monthly:.2f}", f"{product.annually:.2f}"),
     }
 
 

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,6 @@ class Stack:
         self.sandbox: Any = None
         self.admin: Any = None
         self._closers: list[Callable[[], None]] = []
-
-    def __enter__(self) -> Stack:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def close(self) -> list[Child]:
         """Stop every service, then the rest; returns the services in the order stopped."""
@@ -134,19 +129,13 @@ class Stack:
             raise NotReady(f"{names} stopped unexpectedly; last lines:\n{dead[0].tail()}")
 
     def subscribed(self) -> bool:
-        conn = self.conn()
-        try:
+        with closing(self.conn()) as conn:
             return conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "state") == b"connected"
-        finally:
-            conn.close()
 
     def idle_workers(self) -> int:
-        conn = self.conn()
-        try:
+        with closing(self.conn()) as conn:
             workers = Worker.all(connection=conn, queue=Queue(QUEUE, connection=conn))
             return sum(1 for w in workers if w.get_state() == "idle")
-        finally:
-            conn.close()
 
     def health_answers(self, port: int) -> bool:
         try:

@@ -292,15 +292,12 @@ def stop_together(children: Iterable[Child], grace: float = STOP_GRACE) -> None:
 
 def signal_group(pid: int, signum: int) -> None:
     """Signal the process group led by `pid` (or `pid` alone if it leads none); gone is fine."""
-    try:
-        os.killpg(pid, signum)
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for send in (os.killpg, os.kill):
+        try:
+            send(pid, signum)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def descendants(pid: int) -> set[int]:
