@@ -113,6 +113,7 @@ class Demo:
         self.urls: dict[str, str] = {}
         self.port = 0  # the health app's
         self.refs: dict[str, str] = {}
+        self.admin: Any = None  # the sandbox's admin client, once it runs
         self.customers = {c.ref: c.name for c in demo_plan.CUSTOMERS}
         self.progress = Progress(out)
         self.approved_at: dict[str, float] = {}  # order ref -> epoch seconds of its approval
@@ -152,7 +153,7 @@ class Demo:
     def start_everything(self) -> None:
         began = time.monotonic()
         self.fresh_workdir()
-        configure_logging(self.args.log_level.upper(), "demo", stream=self._log_stream())
+        configure_logging(self.args.log_level, "demo", stream=self._log_stream())
         url, private, why = configured_or_private(
             self.settings.redis_url, self.stack.supervisor, self.workdir / "redis", DEMO_MARKER
         )
@@ -183,12 +184,9 @@ class Demo:
         # Line-buffered and left open: the root handler writes to it until the process exits.
         return open(self.log_path, "a", buffering=1)
 
-    @property
-    def admin(self) -> Any:
-        return self.stack.admin
-
     def start_sandbox(self) -> None:
         self.stack.start_sandbox()
+        self.admin = self.stack.admin
         self.urls["sandbox admin"] = self.stack.sandbox.admin_url
         loaded = self.admin.load(demo_plan.fixture_document(self.plan))
         self.refs = loaded["refs"]
@@ -197,7 +195,7 @@ class Demo:
     def service_settings(self) -> dict[str, str]:
         env = {
             "SF_EVENTS_TRANSPORT": self.args.transport,
-            "LOG_LEVEL": self.args.log_level.upper(),
+            "LOG_LEVEL": self.args.log_level,
         }
         # rq-dashboard 0.9 imports six without declaring it: without both it cannot mount.
         if find_spec("rq_dashboard") is not None and find_spec("six") is not None:
@@ -289,18 +287,13 @@ class Demo:
 
     def rows(self) -> list[Row]:
         records = {r["Id"]: r for r in self.admin.orders()}
-        rows = []
         for order in self.plan:
             known = self.outcomes.get(order.ref)
             if known is None or not known.outcome.final:
-                known = self.row(order, records.get(self.refs[order.ref], {}))
-                self.outcomes[order.ref] = known
-            rows.append(known)
-        return rows
-
-    def row(self, order: PlannedOrder, record: dict[str, Any]) -> Row:
-        outcome = outcome_from_record(record, self.approved_at.get(order.ref))
-        return Row(order, self.customers[order.customer], outcome)
+                record = records.get(self.refs[order.ref], {})
+                outcome = outcome_from_record(record, self.approved_at.get(order.ref))
+                self.outcomes[order.ref] = Row(order, self.customers[order.customer], outcome)
+        return [self.outcomes[order.ref] for order in self.plan]
 
     # --- keep running and stop ---------------------------------------------------------------
 

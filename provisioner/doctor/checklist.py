@@ -5,7 +5,7 @@ it (as failed) when a check it builds on failed, and never lets one crash the ot
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -130,13 +130,10 @@ def load_context() -> Context:
     return Context(settings, problems)
 
 
-def run_checks(ctx: Context, checks: Iterable[Check]) -> list[Verdict]:
-    out = []
+def run_checks(ctx: Context, checks: Sequence[Check]) -> list[Verdict]:
     for check in checks:
-        result = run_one(ctx, check)
-        ctx.results[check.name] = result
-        out.append(result)
-    return out
+        ctx.results[check.name] = run_one(ctx, check)
+    return [ctx.results[check.name] for check in checks]
 
 
 def run_one(ctx: Context, check: Check) -> Verdict:

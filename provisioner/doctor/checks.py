@@ -91,10 +91,9 @@ REPLAY_LAG_SECONDS = 30.0  # a received event's replay id is stored right after 
 
 
 def _store(ctx: Context, body: Callable[[], Mapping[str, Any]]) -> probes.Probe:
-    flights = probes.Flights()
-    return flights.run({"store": lambda: probes.timed(body, ctx.s.secrets())}, STORE_TIMEOUT)[
-        "store"
-    ]
+    """/health's probe of a store, abandoned after STORE_TIMEOUT."""
+    probe = {"store": lambda: probes.timed(body, ctx.s.secrets())}
+    return probes.Flights().run(probe, STORE_TIMEOUT)["store"]
 
 
 def _is_key_problem(text: str) -> bool:
@@ -491,15 +490,6 @@ def permission_denied(exc: BaseException) -> bool:
     return isinstance(exc, AuthError) and "invalid permissions" in str(exc).lower()
 
 
-def classify_action(exc: BaseException | None) -> str:
-    """`allowed` (answered, even with a validation error), `denied`, or what went wrong."""
-    if exc is None or isinstance(exc, RemoteError):
-        return "allowed"
-    if permission_denied(exc):
-        return "denied"
-    return f"error: {exc}"
-
-
 # Every action WhmcsClient sends, with parameters WHMCS refuses as incomplete (a validation error
 # after the role check) before it could read much or change anything.
 ROLE_PROBES: dict[str, dict[str, Any]] = {
@@ -520,13 +510,16 @@ FIX_ROLE = (
 
 
 def whmcs_role(ctx: Context) -> Verdict:
-    answers = {}
+    """Each action `allowed` (answered, even with a validation error), `denied`, or what went
+    wrong."""
+    answers = dict.fromkeys(ROLE_PROBES, "allowed")
     for action, params in ROLE_PROBES.items():
         try:
             ctx.whmcs.call(action, params, write=action in WRITE_ACTIONS)
-            answers[action] = classify_action(None)
+        except RemoteError:
+            pass
         except IntegrationError as exc:
-            answers[action] = classify_action(exc)
+            answers[action] = "denied" if permission_denied(exc) else f"error: {exc}"
     return role_verdict(answers)
 
 

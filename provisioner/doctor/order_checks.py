@@ -26,21 +26,14 @@ FIX_DEFAULT = "read the timeline below, fix the cause, then Provision / Retry on
 # Activation_Error_Code__c -> the runbook's fix (codes from shared/errors.py and worker/steps.py).
 FIXES = {
     "409": FIX_PAYMENT,
-    "UNMAPPED_PRODUCT": FIX_MAPPING,
-    "UNKNOWN_WHMCS_PRODUCT": FIX_MAPPING,
-    "INVALID_BILLING_CYCLE": FIX_MAPPING,
-    "INVALID_QUANTITY": FIX_MAPPING,
-    "SERVICE_COUNT_MISMATCH": FIX_MAPPING,
+    **dict.fromkeys(
+        ("UNMAPPED_PRODUCT", "UNKNOWN_WHMCS_PRODUCT", "INVALID_BILLING_CYCLE"), FIX_MAPPING
+    ),
+    **dict.fromkeys(("INVALID_QUANTITY", "SERVICE_COUNT_MISMATCH"), FIX_MAPPING),
     "UNMAPPED_ACCOUNT": "map the Account to its WHMCS client (`provisioner mappings`), then retry",
-    "SF_AUTH": FIX_JWT,
-    "401": FIX_JWT,
-    "403": FIX_JWT,
-    "429": FIX_RETRY,
-    "500": FIX_RETRY,
-    "502": FIX_RETRY,
-    "503": FIX_RETRY,
+    **dict.fromkeys(("SF_AUTH", "401", "403"), FIX_JWT),
+    **dict.fromkeys(("429", "500", "502", "503", "ECONNECTION"), FIX_RETRY),
     "ETIMEOUT": FIX_RETRY + " (the worker checks WHMCS for an order it may have made first)",
-    "ECONNECTION": FIX_RETRY,
     "WORKER_LOST": FIX_RETRY + " (the worker died mid-job; nothing is ordered twice)",
     "WHMCS_OUTCOME_UNKNOWN": FIX_RETRY
     + " after the time the message gives (an earlier AddOrder may still be running in WHMCS)",
