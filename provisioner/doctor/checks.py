@@ -585,25 +585,21 @@ def coverage_gaps(
     return gaps
 
 
+SF_LOGIN = "salesforce login (JWT)"
 CHECKS: tuple[Check, ...] = (
     Check("configuration", configuration, offline=True),
     Check("private key file", key_file, offline=True),
     Check("redis", redis_store),
     Check("database", database_store),
-    Check("salesforce login (JWT)", salesforce_login, groups=("salesforce",)),
+    Check(SF_LOGIN, salesforce_login, groups=("salesforce",)),
     Check("events enabled", events_enabled, groups=("events",)),
     Check(
         "event channel subscribable",
         event_channel,
         groups=("salesforce", "events"),
-        after=("salesforce login (JWT)",),
+        after=(SF_LOGIN,),
     ),
-    Check(
-        "order fields updateable",
-        order_fields,
-        groups=("salesforce",),
-        after=("salesforce login (JWT)",),
-    ),
+    Check("order fields updateable", order_fields, groups=("salesforce",), after=(SF_LOGIN,)),
     Check("subscriber heartbeat", subscriber_heartbeat, groups=("events",), after=("redis",)),
     Check("replay progress", replay_progress, groups=("events",), after=("redis",)),
     Check("dead-lettered events", dead_letters, groups=("events",), after=("redis",)),
@@ -616,6 +612,6 @@ CHECKS: tuple[Check, ...] = (
         "product mapping",
         product_mapping,
         groups=("salesforce", "orders", "whmcs"),
-        after=("salesforce login (JWT)", "whmcs credentials"),
+        after=(SF_LOGIN, "whmcs credentials"),
     ),
 )

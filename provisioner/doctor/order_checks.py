@@ -11,7 +11,7 @@ from rq.serializers import JSONSerializer
 
 from provisioner.commands.order_status import render as render_timeline
 from provisioner.doctor.checklist import Check, Context, Verdict, failed, passed
-from provisioner.doctor.checks import FIX_JWT, FIX_MAPPING, FIX_NO_EVENTS
+from provisioner.doctor.checks import FIX_JWT, FIX_MAPPING, FIX_NO_EVENTS, SF_LOGIN
 from shared.errors import OrderError, OrderNotFound, RemoteError
 from shared.sfid import is_valid_id, to18
 from worker import mapping, steps
@@ -52,7 +52,7 @@ def checks(order_id: str) -> list[Check]:
             "order status",
             lambda ctx: order_status(ctx, order_id),
             groups=("salesforce", "orders"),
-            after=("salesforce login (JWT)",),
+            after=(SF_LOGIN,),
         ),
         Check("fulfilment timeline", lambda ctx: timeline(ctx, order_id), after=("database",)),
         # These need the order as read, whatever its status (a Failed order is what they explain).
