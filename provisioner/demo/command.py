@@ -300,7 +300,7 @@ class Demo:
     def keep_running(self, rows: list[Row]) -> None:
         self.say("\nStill running; Ctrl-C stops everything.\n" + self.where_to_look())
         self.say(retry_hints(self.stack.sandbox.admin_url, rows))
-        seen = self.order_versions()
+        seen = {r["Id"]: str(r.get("LastModifiedDate")) for r in self.admin.orders()}
         reported_dead: set[str] = set()
         try:
             while True:
@@ -312,9 +312,6 @@ class Demo:
                         self.say(f"{child.name} exited ({child.returncode}); see the log file")
         except KeyboardInterrupt:
             self.say("")
-
-    def order_versions(self) -> dict[str, str]:
-        return {r["Id"]: str(r.get("LastModifiedDate")) for r in self.admin.orders()}
 
     def report_changes(self, seen: dict[str, str]) -> dict[str, str]:
         """Print every order that reached an outcome again since the last look."""

@@ -207,7 +207,9 @@ def event_channel(ctx: Context) -> Verdict:
         return pubsub_topic(ctx)
     channel = ctx.s.events.channel
     try:
-        error = subscribe_once(bayeux_client(ctx), channel)
+        # The subscriber's own CometD client, on the doctor's token and a session of its own.
+        client = BayeuxClient.for_org(ctx.tokens.current(), ctx.s.salesforce, ctx.session())
+        error = subscribe_once(client, channel)
     except IntegrationError as exc:
         return failed(f"CometD endpoint failed: {type(exc).__name__}: {exc}", FIX_NO_EVENTS)
     if error:
@@ -240,11 +242,6 @@ def pubsub_topic(ctx: Context) -> Verdict:
     return passed(
         f"Pub/Sub GetTopic {channel} at {endpoint}: can_subscribe (schema {topic.schema_id})"
     )
-
-
-def bayeux_client(ctx: Context) -> BayeuxClient:
-    """The subscriber's own CometD client, on the doctor's token and a session of its own."""
-    return BayeuxClient.for_org(ctx.tokens.current(), ctx.s.salesforce, ctx.session())
 
 
 def subscribe_once(client: BayeuxClient, channel: str) -> str:
