@@ -39,18 +39,10 @@ def fetch_times(conn: redis.Redis, job_ids: Iterable[str]) -> list[JobTimes]:
     pipe = conn.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(f"rq:job:{job_id}", "status", "enqueued_at", "started_at", "ended_at")
-    out = []
-    for job_id, (status, enqueued, started, ended) in zip(ids, pipe.execute(), strict=True):
-        out.append(
-            JobTimes(
-                job_id,
-                (status or b"missing").decode(),
-                epoch(enqueued),
-                epoch(started),
-                epoch(ended),
-            )
-        )
-    return out
+    return [
+        JobTimes(job_id, (status or b"missing").decode(), *map(epoch, stamps))
+        for job_id, (status, *stamps) in zip(ids, pipe.execute(), strict=True)
+    ]
 
 
 def window(times: Sequence[JobTimes]) -> tuple[float, float]:
