@@ -150,7 +150,7 @@ class Chaos:
 
     def _load(self, order_ids: Sequence[str]) -> None:
         schedule = plan(
-            self.seed, self.size.load_seconds, self.size.quick, self.rig.tuning.transport
+            self.seed, self.size.load_seconds, self.size.quick, self.rig.tuning.sf_events_transport
         )
         start = self.clock()
         striker = threading.Thread(target=self._strike, args=(schedule, start), daemon=True)
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"seed {seed} (reproduce the schedule with --seed {seed})")
     work_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     clock = Clock()
-    rig = ChaosStack(work_dir, args.database_url, Tuning(transport=args.transport), clock)
+    rig = ChaosStack(work_dir, args.database_url, Tuning(sf_events_transport=args.transport), clock)
     try:
         text, passed = Chaos(rig, size, seed, clock, command).run()
     finally:
