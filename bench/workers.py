@@ -74,10 +74,10 @@ def measure(run: Run) -> Measurement:
         v.label: _drain(run, conn, v, "bench.sample_jobs.sleep_ms", SLEEP_MS) for v in VARIANTS
     }
     reference = trivial[REFERENCE.label]
-    for drain in trivial.values():
-        result.rows.append(_trivial_row(drain, reference))
-    for drain in sleepy.values():
-        result.rows.append(_sleep_row(drain))
+    # The fork's own cost per job, for the worker-class advice (recommend.py).
+    run.shared["fork_extra_ms"] = (trivial["Worker (fork)"].per_job - reference.per_job) * 1000
+    result.rows = [_trivial_row(drain, reference) for drain in trivial.values()]
+    result.rows += [_sleep_row(drain) for drain in sleepy.values()]
     result.params = {
         "trivial_jobs": {k: d.jobs for k, d in trivial.items()},
         "sleep_jobs": {k: d.jobs for k, d in sleepy.items()},
@@ -164,12 +164,3 @@ def _notes(trivial: dict[str, Drain], sleepy: dict[str, Drain]) -> list[str]:
             f"{drain.jobs_per_second:.0f} jobs/s with {drain.variant.processes} process(es)"
         )
     return notes
-
-
-def fork_overhead_ms(measured: Measurement) -> float | None:
-    """Extra per-job cost of the fork Worker over SimpleWorker on the trivial job."""
-    rows = {row.figure.split(":")[0]: row for row in measured.rows if "trivial" in row.figure}
-    fork, simple = rows.get("Worker (fork)"), rows.get(REFERENCE.label)
-    if fork is None or simple is None:
-        return None
-    return fork.value - simple.value
