@@ -22,8 +22,8 @@ from typing import Any
 import redis
 
 from bench.chaos.schedule import BY_KEY, STREAM_TARGETS, Kind
-from provisioner.kit.private_redis import RedisServer
-from provisioner.kit.supervisor import Child, Supervisor
+from bench.chaos.stage import ChaosStack
+from provisioner.kit.supervisor import Child
 from sandbox.client import SandboxAdmin
 from sandbox.http_server import wait_until
 from shared import keys
@@ -111,22 +111,20 @@ class MintLog:
 class Injector:
     def __init__(
         self,
-        supervisor: Supervisor,
-        redis_server: RedisServer,
-        sandbox: Any,
+        stack: ChaosStack,
         clock: Callable[[], float],
         rng: random.Random,
-        hang_seconds: float,
         refuse_seconds: float,
         approved: Sequence[str],
     ) -> None:
-        self.supervisor = supervisor
-        self.redis_server = redis_server
-        self.sandbox = sandbox
-        self.admin = SandboxAdmin(sandbox.admin_url)  # its own session: the load uses another
+        self.supervisor = stack.supervisor
+        self.redis_server = stack.redis
+        self.sandbox = stack.sandbox
+        self.admin = SandboxAdmin(stack.sandbox.admin_url)  # its own session: the load uses another
         self.clock = clock
         self.rng = rng
-        self.hang_seconds = hang_seconds
+        # Longer than the services' WHMCS timeouts: the call must time out, not be answered.
+        self.hang_seconds = stack.tuning.whmcs_write_timeout + 3
         self.refuse_seconds = refuse_seconds
         self.approved = approved  # the load's list of approved orders, as it grows
         self.injections: list[Injection] = []

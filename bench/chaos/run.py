@@ -85,17 +85,8 @@ class Chaos:
         self.fires = FireLog(rig.sandbox.faults, clock)
         self.tokens = MintLog(rig.sandbox.salesforce.tokens)
         self.approved: list[str] = []
-        tuning = rig.tuning
-        self.injector = Injector(
-            rig.supervisor,
-            rig.redis,
-            rig.sandbox,
-            clock,
-            random.Random(seed + 1),
-            hang_seconds=tuning.whmcs_write_timeout + 3,
-            refuse_seconds=size.refuse_seconds,
-            approved=self.approved,
-        )
+        rng = random.Random(seed + 1)
+        self.injector = Injector(rig, clock, rng, size.refuse_seconds, self.approved)
         self.info = chaos_report.RunInfo(
             command=command,
             seed=seed,
@@ -104,7 +95,7 @@ class Chaos:
             worker_classes=_classes(size.workers),
             clients=size.clients,
             load_seconds=size.load_seconds,
-            settings={k: v for k, v in tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
+            settings={k: v for k, v in rig.tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
         )
         self.expected: dict[str, dict[int, tuple[int, int]]] = {}
 
