@@ -70,8 +70,7 @@ class Rig:
     def of(cls, run: Run) -> Rig:
         """The run's rig, started by the first measurement that needs it."""
         if "rig" not in run.shared:
-            rig = cls.start(run)
-            run.shared["rig"] = rig
+            run.shared["rig"] = rig = cls.start(run)
             run.closers.append(rig.stack.close)
         return run.shared["rig"]
 

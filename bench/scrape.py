@@ -72,7 +72,7 @@ def measure(run: Run) -> Measurement:
         fill_seconds = _fill(engine, steps // STEPS_PER_ATTEMPT)
         old_ms = [_old_query(engine) for _ in range(3)]
         burst_ms = _scrape(run, database.url, scrapes)
-        _compact_counters(engine)
+        _vacuum(engine, "VACUUM FULL ANALYZE step_counts, outcome_counts")
         scrape_ms = _scrape(run, database.url, scrapes)
         before = metrics.database_state(engine)
         started = time.monotonic()
@@ -132,17 +132,15 @@ def _fill(engine: Engine, attempts: int) -> float:
             conn.execute(
                 text(FILL_STEPS), {"per": STEPS_PER_ATTEMPT, "at": at, "first_id": first_id + 1}
             )
-    if engine.dialect.name == "postgresql":
-        # What autovacuum does after a load this size.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE"))
+    _vacuum(engine, "VACUUM ANALYZE")  # what autovacuum does after a load this size
     return time.monotonic() - started
 
 
-def _compact_counters(engine: Engine) -> None:
+def _vacuum(engine: Engine, statement: str) -> None:
+    """PostgreSQL's VACUUM (outside a transaction); SQLite needs none."""
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM FULL ANALYZE step_counts, outcome_counts"))
+            conn.execute(text(statement))
 
 
 def _old_query(engine: Engine) -> float:

@@ -101,7 +101,7 @@ def _drain(run: Run, conn, variant: Variant, func: str, arg: float | None) -> Dr
     print(f"  6: {variant.label}, {count} x {func}", file=sys.stderr)
     _burst(python_module(*variant.args(run.redis_url)), log, timeout=60 + count * 0.5)
     times = rqjobs.fetch_times(conn, ids)
-    bad = rqjobs.unfinished(times)
+    bad = [t for t in times if t.status != "finished"]
     if bad:
         raise BenchError(f"{variant.label}: {len(bad)} jobs not finished, e.g. {bad[0]}")
     in_job = sum(t.in_job or 0.0 for t in times) / len(times)
