@@ -42,27 +42,20 @@ def measure(run: Run) -> Measurement:
     bare = _bare_calls(rig, run.size(40, 5))
     per_class = {cls: orders for cls, (orders, _) in batches.items()}
     fork, simple = per_class["fork"], per_class["simple"]
+    in_job = {cls: median([o.in_job for o in orders]) for cls, orders in per_class.items()}
+    end_to_end = {cls: median([o.end_to_end for o in orders]) for cls, orders in per_class.items()}
+    floor = _floor(batches["simple"][1], bare)
     result.rows = [
-        _row("one order in the job, SimpleWorker (default)", simple, TARGET),
-        _row("one order in the job, fork Worker", fork, None),
-        Row(
-            "floor: the same backend calls made alone on warm connections",
-            _floor(batches["simple"][1], bare) * 1000,
-            "ms",
-            "sum of its backend latencies (median)",
-            median([o.latency_sum for o in simple]) * 1000,
-        ),
-        Row(
+        _row("one order in the job, SimpleWorker (default)", in_job["simple"], simple, TARGET),
+        _row("one order in the job, fork Worker", in_job["fork"], fork),
+        _row("floor: the same backend calls made alone on warm connections", floor, simple),
+        _row(
             "one order end to end (approve -> job finished), SimpleWorker",
-            median([o.end_to_end for o in simple]) * 1000,
-            "ms",
-            "sum of its backend latencies (median)",
-            median([o.latency_sum for o in simple]) * 1000,
+            end_to_end["simple"],
+            simple,
         ),
     ]
-    run.shared["order_ms"] = {
-        cls: median([o.end_to_end for o in orders]) * 1000 for cls, orders in per_class.items()
-    }
+    run.shared["order_ms"] = {cls: seconds * 1000 for cls, seconds in end_to_end.items()}
     result.params = {"orders_per_class": count, "latency_ms_per_call": LATENCY * 1000}
     calls = {cls: c for cls, (_, c) in batches.items()}
     steps = {cls: rig.step_medians(ids) for cls, ids in run.shared.pop("measured_orders").items()}
@@ -168,14 +161,11 @@ def _floor(calls: dict[str, float], bare: dict[str, float]) -> float:
     return sum(n * bare[kind.split(".", 1)[0]] for kind, n in calls.items())
 
 
-def _row(figure: str, orders: list[Order], target: Target | None) -> Row:
+def _row(figure: str, seconds: float, orders: list[Order], target: Target | None = None) -> Row:
+    """`seconds` against the median sum of the orders' backend latencies, both in ms."""
+    latency = median([o.latency_sum for o in orders]) * 1000
     return Row(
-        figure,
-        median([o.in_job for o in orders]) * 1000,
-        "ms",
-        "sum of its backend latencies (median)",
-        median([o.latency_sum for o in orders]) * 1000,
-        target,
+        figure, seconds * 1000, "ms", "sum of its backend latencies (median)", latency, target
     )
 
 
