@@ -76,8 +76,13 @@ def measure(run: Run) -> Measurement:
     reference = trivial[REFERENCE.label]
     # The fork's own cost per job, for the worker-class advice (recommend.py).
     run.shared["fork_extra_ms"] = (trivial["Worker (fork)"].per_job - reference.per_job) * 1000
-    result.rows = [_trivial_row(drain, reference) for drain in trivial.values()]
-    result.rows += [_sleep_row(drain) for drain in sleepy.values()]
+    same = (f"{REFERENCE.label}, same job", reference.per_job)
+    result.rows = [
+        _row(d, "trivial job", *(() if d is reference else same)) for d in trivial.values()
+    ]
+    result.rows += [
+        _row(d, f"{SLEEP_MS:g} ms job", "time inside the job", d.in_job) for d in sleepy.values()
+    ]
     result.params = {
         "trivial_jobs": {k: d.jobs for k, d in trivial.items()},
         "sleep_jobs": {k: d.jobs for k, d in sleepy.items()},
@@ -132,25 +137,12 @@ def _count(run: Run, variant: Variant, *, sleeping: bool) -> int:
     return run.size(full, quick)
 
 
-def _trivial_row(drain: Drain, reference: Drain) -> Row:
-    is_reference = drain is reference
-    return Row(
-        figure=f"{drain.variant.label}: trivial job, time per job per process",
-        value=drain.per_job * 1000,
-        unit="ms",
-        reference="" if is_reference else f"{REFERENCE.label}, same job",
-        reference_value=None if is_reference else reference.per_job * 1000,
-    )
-
-
-def _sleep_row(drain: Drain) -> Row:
-    return Row(
-        figure=f"{drain.variant.label}: {SLEEP_MS:g} ms job, time per job per process",
-        value=drain.per_job * 1000,
-        unit="ms",
-        reference="time inside the job",
-        reference_value=drain.in_job * 1000,
-    )
+def _row(
+    drain: Drain, job: str, reference: str = "", reference_seconds: float | None = None
+) -> Row:
+    figure = f"{drain.variant.label}: {job}, time per job per process"
+    reference_ms = None if reference_seconds is None else reference_seconds * 1000
+    return Row(figure, drain.per_job * 1000, "ms", reference, reference_ms)
 
 
 def _notes(trivial: dict[str, Drain], sleepy: dict[str, Drain]) -> list[str]:
