@@ -6,9 +6,8 @@ streaming, every worker's calls, retries included. Only Activated orders count a
 
 from __future__ import annotations
 
-from typing import Any
-
 from bench.harness import Measurement, Row, Run, Skipped, Target
+from bench.rig import calls_between
 
 SF_CALLS_TARGET = Target(2, "<=", "value")
 TOKENS_TARGET = Target(5, "<=", "value")  # "a handful" per 1,000 orders, not one per job
@@ -23,8 +22,13 @@ def measure(run: Run) -> Measurement:
     orders = counts["orders"]
     if orders == 0:
         raise Skipped("no order of measurement 4 was Activated")
-    sf, whmcs, logins = _diff(counts["before"], counts["after"])
-    worker_logins = _diff(counts["streaming"], counts["after"])[2]
+    calls = calls_between(counts["before"], counts["after"])
+    logins = calls.pop("sf.token", 0)
+    worker_logins = calls_between(counts["streaming"], counts["after"])["sf.token"]
+    sf, whmcs = (
+        {k.split(".", 1)[1]: n for k, n in calls.items() if k.startswith(s)}
+        for s in ("sf.", "whmcs.")
+    )
     result.rows = [
         Row(
             "Salesforce API calls per successful order",
@@ -66,21 +70,6 @@ def measure(run: Run) -> Measurement:
         "WHMCS calls by action: " + _kinds(whmcs) + ".",
     ]
     return result
-
-
-def _diff(
-    before: dict[str, Any], after: dict[str, Any]
-) -> tuple[dict[str, int], dict[str, int], int]:
-    sf_before, sf_after = before["salesforce"], after["salesforce"]
-    sf = {
-        kind: n - sf_before["api_calls"].get(kind, 0) for kind, n in sf_after["api_calls"].items()
-    }
-    whmcs = {action: n - before["whmcs"].get(action, 0) for action, n in after["whmcs"].items()}
-    return (
-        {k: v for k, v in sf.items() if v},
-        {k: v for k, v in whmcs.items() if v},
-        sf_after["logins"] - sf_before["logins"],
-    )
 
 
 def _kinds(counts: dict[str, int]) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq import Queue
 
 from bench.harness import Measurement, Row, Run, Target, median, percentile
 from bench.harness import reset_database as reset
@@ -21,7 +22,7 @@ from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from shared.queueing import FAILURE_TTL, JOB_PATH, RESULT_TTL, job_id_for, provisioning_queue
 from shared.sfid import new_id
-from subscriber import intake as intake_module
+from subscriber.intake import Intake, job_description, job_event, job_meta
 
 QUEUE = "provisioning"
 JOB_TIMEOUT = 600
@@ -52,10 +53,14 @@ def measure(run: Run) -> Measurement:
     conn = run.redis()
     count = run.size(3000, 300)
     _fresh(conn)
+    queue = provisioning_queue(conn, QUEUE, JOB_TIMEOUT)
+    intake = Intake(
+        conn, queue, DEFAULT_CHANNEL, job_timeout=JOB_TIMEOUT, fence=(LEADER_KEY, HOLDER)
+    )
     contenders = {
-        "rpush": _rpush(conn),
-        "enqueue": _bare_enqueue(conn, intake_module),
-        "intake": _intake(conn, intake_module),
+        "rpush": lambda data: conn.rpush("bench:floor", json.dumps(data)),
+        "enqueue": _bare_enqueue(queue),
+        "intake": intake.accept,
     }
     print(f"  1: {count} events x {len(contenders)} ways", file=sys.stderr)
     timings = _interleaved(contenders, count)
@@ -91,17 +96,9 @@ def _interleaved(contenders: dict[str, Call], count: int) -> dict[str, list[floa
 
 
 def _rows(us: dict[str, float]) -> list[Row]:
-    rows = [
+    return [
         Row("raw Redis RPUSH of the event JSON (floor)", us["rpush"], "us"),
-        Row(
-            "bare Queue.enqueue of the same event",
-            us["enqueue"],
-            "us",
-            "raw RPUSH",
-            us["rpush"],
-        ),
-    ]
-    rows.append(
+        Row("bare Queue.enqueue of the same event", us["enqueue"], "us", "raw RPUSH", us["rpush"]),
         Row(
             "subscriber intake per event (dedupe, enqueue, replay save)",
             us["intake"],
@@ -109,9 +106,8 @@ def _rows(us: dict[str, float]) -> list[Row]:
             "bare Queue.enqueue",
             us["enqueue"],
             INTAKE_TARGET,
-        )
-    )
-    return rows
+        ),
+    ]
 
 
 def _fresh(conn: redis.Redis) -> None:
@@ -119,16 +115,11 @@ def _fresh(conn: redis.Redis) -> None:
     conn.set(LEADER_KEY, HOLDER)  # the intake's fence: we hold the channel
 
 
-def _rpush(conn: redis.Redis) -> Call:
-    return lambda data: conn.rpush("bench:floor", json.dumps(data))
-
-
-def _bare_enqueue(conn: redis.Redis, intake_module: Any) -> Call:
+def _bare_enqueue(queue: Queue) -> Call:
     """The intake's enqueue alone: the same job, arguments and options, no dedupe or replay."""
-    queue = provisioning_queue(conn, QUEUE, JOB_TIMEOUT)
 
     def call(data: dict[str, Any]) -> object:
-        event = intake_module.job_event(DEFAULT_CHANNEL, data)
+        event = job_event(DEFAULT_CHANNEL, data)
         return queue.enqueue_call(
             JOB_PATH,
             args=(event,),
@@ -136,17 +127,9 @@ def _bare_enqueue(conn: redis.Redis, intake_module: Any) -> Call:
             timeout=JOB_TIMEOUT,
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
-            description=intake_module.job_description(event),
-            meta=intake_module.job_meta(event),
+            description=job_description(event),
+            meta=job_meta(event),
             retry=None,
         )
 
     return call
-
-
-def _intake(conn: redis.Redis, intake_module: Any) -> Call:
-    queue = provisioning_queue(conn, QUEUE, JOB_TIMEOUT)
-    intake = intake_module.Intake(
-        conn, queue, DEFAULT_CHANNEL, job_timeout=JOB_TIMEOUT, fence=(LEADER_KEY, HOLDER)
-    )
-    return intake.accept

@@ -45,8 +45,8 @@ class Target:
 
     def text(self, unit: str) -> str:
         if self.on == "ratio":
-            return f"{self.op} {_fmt(self.limit)}x"
-        return f"{self.op} {_fmt(self.limit)} {unit}".rstrip()
+            return f"{self.op} {self.limit:g}x"
+        return f"{self.op} {self.limit:g} {unit}".rstrip()
 
 
 @dataclass
@@ -75,9 +75,7 @@ class Row:
             "value": _round(self.value),
             "unit": self.unit,
             "reference": self.reference,
-            "reference_value": None
-            if self.reference_value is None
-            else _round(self.reference_value),
+            "reference_value": _round(self.reference_value),
             "ratio": None if ratio is None else round(ratio, 4),
             "target": None if self.target is None else self.target.text(self.unit),
             "met": self.met,
@@ -89,25 +87,17 @@ class Measurement:
     number: int
     key: str
     title: str
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
+    # In the order of the results file's keys.
     status: str = "ok"  # ok | skipped | error
     reason: str = ""
     seconds: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "key": self.key,
-            "title": self.title,
-            "status": self.status,
-            "reason": self.reason,
-            "seconds": round(self.seconds, 1),
-            "params": self.params,
-            "rows": [row.as_dict() for row in self.rows],
-            "notes": self.notes,
-        }
+        rows = [row.as_dict() for row in self.rows]
+        return {**vars(self), "seconds": round(self.seconds, 1), "rows": rows}
 
 
 @dataclass
@@ -155,15 +145,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def p50_p99(
+    figure: str, values: Sequence[float], reference: str, reference_value: float, p99_limit: float
+) -> list[Row]:
+    """The median and the 99th percentile of `values` (ms), the p99 held below `p99_limit`."""
+    below = Target(p99_limit, "<", "value")
+    return [
+        Row(f"{figure}, p50", percentile(values, 50), "ms", reference, reference_value),
+        Row(f"{figure}, p99", percentile(values, 99), "ms", reference, reference_value, below),
+    ]
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def _round(value: float) -> float:
-    if value == 0 or math.isnan(value) or math.isinf(value):
+def _round(value: float | None) -> float | None:
+    if value is None or value == 0 or math.isnan(value) or math.isinf(value):
         return value
     return float(f"{value:.4g}")
-
-
-def _fmt(value: float) -> str:
-    return f"{value:g}"

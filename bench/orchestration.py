@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bench.harness import BenchError, Measurement, Row, Run, Target, median, percentile
-from bench.rig import Rig
+from bench.rig import Rig, calls_between
 from provisioner.kit.supervisor import stop_together
 from shared.config import load_settings
 from shared.http import TimeoutSession
@@ -44,27 +42,20 @@ def measure(run: Run) -> Measurement:
     bare = _bare_calls(rig, run.size(40, 5))
     per_class = {cls: orders for cls, (orders, _) in batches.items()}
     fork, simple = per_class["fork"], per_class["simple"]
+    in_job = {cls: median([o.in_job for o in orders]) for cls, orders in per_class.items()}
+    end_to_end = {cls: median([o.end_to_end for o in orders]) for cls, orders in per_class.items()}
+    floor = _floor(batches["simple"][1], bare)
     result.rows = [
-        _row("one order in the job, SimpleWorker (default)", simple, TARGET),
-        _row("one order in the job, fork Worker", fork, None),
-        Row(
-            "floor: the same backend calls made alone on warm connections",
-            _floor(batches["simple"][1], bare) * 1000,
-            "ms",
-            "sum of its backend latencies (median)",
-            median([o.latency_sum for o in simple]) * 1000,
-        ),
-        Row(
+        _row("one order in the job, SimpleWorker (default)", in_job["simple"], simple, TARGET),
+        _row("one order in the job, fork Worker", in_job["fork"], fork),
+        _row("floor: the same backend calls made alone on warm connections", floor, simple),
+        _row(
             "one order end to end (approve -> job finished), SimpleWorker",
-            median([o.end_to_end for o in simple]) * 1000,
-            "ms",
-            "sum of its backend latencies (median)",
-            median([o.latency_sum for o in simple]) * 1000,
+            end_to_end["simple"],
+            simple,
         ),
     ]
-    run.shared["order_ms"] = {
-        cls: median([o.end_to_end for o in orders]) * 1000 for cls, orders in per_class.items()
-    }
+    run.shared["order_ms"] = {cls: seconds * 1000 for cls, seconds in end_to_end.items()}
     result.params = {"orders_per_class": count, "latency_ms_per_call": LATENCY * 1000}
     calls = {cls: c for cls, (_, c) in batches.items()}
     steps = {cls: rig.step_medians(ids) for cls, ids in run.shared.pop("measured_orders").items()}
@@ -95,16 +86,17 @@ def _orders(rig: Rig, worker_class: str, count: int) -> tuple[list[Order], dict[
     print(f"  3: {count} orders, {worker_class} worker", file=sys.stderr)
     try:
         procs += rig.start_workers(1, worker_class)
-        before = rig.counters()
+        before = rig.admin.counters()
         orders = [_one(rig, order_id) for order_id in order_ids]
-        after = rig.counters()
+        after = rig.admin.counters()
     finally:
         rig.clear_latency()
         stop_together(procs)
     activated = rig.activated(order_ids)
     if activated != len(order_ids):
         raise BenchError(f"{worker_class}: {activated} of {len(order_ids)} orders Activated")
-    return orders[1:], _calls(before, after, len(order_ids))
+    calls = calls_between(before, after)
+    return orders[1:], {kind: n / len(order_ids) for kind, n in sorted(calls.items())}
 
 
 def _one(rig: Rig, order_id: str) -> Order:
@@ -126,7 +118,7 @@ def _one(rig: Rig, order_id: str) -> Order:
 def _bare_calls(rig: Rig, count: int) -> dict[str, float]:
     """Median seconds of one call made alone on a warm connection, per system, with the latency
     on: the emulator's and HTTP's own share of a call, which no orchestration can avoid."""
-    env = rig.env()
+    env = rig.stack.env()
     settings = load_settings(env, ("salesforce", "whmcs"))
     order_id = rig.new_orders(1)[0]
 
@@ -169,27 +161,12 @@ def _floor(calls: dict[str, float], bare: dict[str, float]) -> float:
     return sum(n * bare[kind.split(".", 1)[0]] for kind, n in calls.items())
 
 
-def _row(figure: str, orders: list[Order], target: Target | None) -> Row:
+def _row(figure: str, seconds: float, orders: list[Order], target: Target | None = None) -> Row:
+    """`seconds` against the median sum of the orders' backend latencies, both in ms."""
+    latency = median([o.latency_sum for o in orders]) * 1000
     return Row(
-        figure,
-        median([o.in_job for o in orders]) * 1000,
-        "ms",
-        "sum of its backend latencies (median)",
-        median([o.latency_sum for o in orders]) * 1000,
-        target,
+        figure, seconds * 1000, "ms", "sum of its backend latencies (median)", latency, target
     )
-
-
-def _calls(before: dict[str, Any], after: dict[str, Any], orders: int) -> dict[str, float]:
-    """Backend calls per order by kind, from the emulators' own counters."""
-    sf_before, sf_after = before["salesforce"], after["salesforce"]
-    diff: Counter[str] = Counter()
-    for kind, value in sf_after["api_calls"].items():
-        diff[f"sf.{kind}"] = value - sf_before["api_calls"].get(kind, 0)
-    diff["sf.token"] = sf_after["logins"] - sf_before["logins"]
-    for action, value in after["whmcs"].items():
-        diff[f"whmcs.{action}"] = value - before["whmcs"].get(action, 0)
-    return {kind: n / orders for kind, n in sorted(diff.items()) if n}
 
 
 def _notes(

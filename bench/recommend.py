@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.harness import Measurement, Row, Target
-from bench.workers import fork_overhead_ms
 
 # The fork Worker would be worth being the default while one order through it takes at most
 # this much longer than through SimpleWorker: within it, isolation per order is worth the price.
@@ -33,7 +32,7 @@ def add_worker_class_advice(measured: Sequence[Measurement], shared: dict[str, A
         FORK_LIMIT,
     )
     six.rows.append(row)
-    six.notes.append(advice(row, fork_overhead_ms(six), shared.get("at_4")))
+    six.notes.append(advice(row, shared.get("fork_extra_ms"), shared.get("at_4")))
 
 
 def advice(

@@ -26,10 +26,11 @@ def machine(conn: redis.Redis) -> dict[str, Any]:
         redis_version = conn.info("server").get("redis_version", "unknown")
     except redis.RedisError:
         redis_version = "unknown"
+    memory_kib = _proc_value("/proc/meminfo", "MemTotal:")
     return {
         "nproc": os.cpu_count(),
-        "cpu": _cpu_model(),
-        "memory_gib": _memory_gib(),
+        "cpu": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "memory_gib": memory_kib and round(int(memory_kib.split()[0]) / 1024 / 1024, 1),
         "os": platform.platform(terse=True),
         "python": platform.python_version(),
         "redis": redis_version,
@@ -136,21 +137,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _cpu_model() -> str:
+def _proc_value(path: str, prefix: str) -> str | None:
+    """What follows `prefix:` on its line of a /proc file; None where there is no such file."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path(path).read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return None
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(prefix)), None)

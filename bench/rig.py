@@ -11,6 +11,7 @@ import os
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -69,8 +70,7 @@ class Rig:
     def of(cls, run: Run) -> Rig:
         """The run's rig, started by the first measurement that needs it."""
         if "rig" not in run.shared:
-            rig = cls.start(run)
-            run.shared["rig"] = rig
+            run.shared["rig"] = rig = cls.start(run)
             run.closers.append(rig.stack.close)
         return run.shared["rig"]
 
@@ -91,19 +91,12 @@ class Rig:
         run.shared["database"] = stack.database.description
         return cls(run, stack)
 
-    def env(self) -> dict[str, str]:
-        return self.stack.env()
-
-    # --- latency ------------------------------------------------------------------------------
-
     def set_latency(self, seconds: float) -> None:
         for target in BACKENDS:
             self.sandbox.faults.set_latency(target, seconds)
 
     def clear_latency(self) -> None:
         self.sandbox.faults.clear()
-
-    # --- orders -------------------------------------------------------------------------------
 
     def new_orders(self, count: int) -> list[str]:
         """`count` fresh Draft orders of one Fibre 100 line for the account `acme`."""
@@ -133,8 +126,6 @@ class Rig:
             if order.get("Id") in wanted and order.get("Activation_Status__c") == "Activated"
         )
 
-    # --- processes ----------------------------------------------------------------------------
-
     def start_subscriber(self, **extra: str) -> Child:
         """`extra`: environment on top of the rig's (SF_EVENTS_TRANSPORT=pubsub)."""
         proc = self.stack.start_subscriber(self._name("subscriber"), **extra)
@@ -160,8 +151,6 @@ class Rig:
         self._procs += 1
         return f"{service}-{self._procs}"
 
-    # --- jobs ---------------------------------------------------------------------------------
-
     def wait_jobs(self, job_ids: Sequence[str], timeout: float) -> list[rqjobs.JobTimes]:
         """Wait until every job has finished or failed; their RQ timings."""
         done = ("finished", "failed", "stopped", "canceled")
@@ -174,9 +163,6 @@ class Rig:
                 waiting = [t.job_id for t in times if t.status not in done]
                 raise BenchError(f"{len(waiting)} jobs not done within {timeout:.0f}s")
             time.sleep(0.02)
-
-    def counters(self) -> dict[str, Any]:
-        return self.admin.counters()
 
     def step_medians(self, order_ids: Sequence[str]) -> dict[str, float]:
         """Median duration_ms of each step the worker recorded for these orders."""
@@ -193,6 +179,20 @@ class Rig:
         for step, duration in rows:
             by_step.setdefault(step, []).append(duration)
         return {step: statistics.median(values) for step, values in by_step.items()}
+
+
+def calls_between(before: dict[str, Any], after: dict[str, Any]) -> Counter[str]:
+    """Backend calls by kind (`sf.<kind>`, `sf.token`, `whmcs.<action>`) between two snapshots
+    of the emulators' counters; kinds not called are left out."""
+    return _calls(after) - _calls(before)
+
+
+def _calls(counters: dict[str, Any]) -> Counter[str]:
+    sf = counters["salesforce"]
+    calls = Counter({f"sf.{kind}": n for kind, n in sf["api_calls"].items()})
+    calls["sf.token"] = sf["logins"]
+    calls.update({f"whmcs.{action}": n for action, n in counters["whmcs"].items()})
+    return calls
 
 
 def job_id(event: dict[str, Any]) -> str:

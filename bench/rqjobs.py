@@ -15,7 +15,6 @@ _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # rq.utils' timestamp format (UTC)
 class JobTimes:
     job_id: str
     status: str
-    enqueued_at: float | None
     started_at: float | None
     ended_at: float | None
 
@@ -38,19 +37,11 @@ def fetch_times(conn: redis.Redis, job_ids: Iterable[str]) -> list[JobTimes]:
     ids = list(job_ids)
     pipe = conn.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(f"rq:job:{job_id}", "status", "enqueued_at", "started_at", "ended_at")
-    out = []
-    for job_id, (status, enqueued, started, ended) in zip(ids, pipe.execute(), strict=True):
-        out.append(
-            JobTimes(
-                job_id,
-                (status or b"missing").decode(),
-                epoch(enqueued),
-                epoch(started),
-                epoch(ended),
-            )
-        )
-    return out
+        pipe.hmget(f"rq:job:{job_id}", "status", "started_at", "ended_at")
+    return [
+        JobTimes(job_id, (status or b"missing").decode(), *map(epoch, stamps))
+        for job_id, (status, *stamps) in zip(ids, pipe.execute(), strict=True)
+    ]
 
 
 def window(times: Sequence[JobTimes]) -> tuple[float, float]:
@@ -70,7 +61,3 @@ def per_job_seconds(times: Sequence[JobTimes], processes: int = 1) -> float:
     if len(starts) <= processes:
         raise ValueError(f"need more than {processes} started jobs")
     return (starts[-1] - starts[0]) / (len(starts) - processes) * processes
-
-
-def unfinished(times: Sequence[JobTimes]) -> list[JobTimes]:
-    return [t for t in times if t.status != "finished"]

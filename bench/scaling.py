@@ -38,9 +38,9 @@ def measure(run: Run) -> Measurement:
     rig = Rig.of(run)
     result = Measurement(4, "scaling", "Scaling with worker processes")
     rig.set_latency(LATENCY)
-    before = rig.counters()
+    before = rig.admin.counters()
     subscriber = rig.start_subscriber()
-    streaming = rig.counters()  # the subscriber has logged in; what follows is the workers'
+    streaming = rig.admin.counters()  # the subscriber has logged in; what follows is the workers'
     try:
         stages = [
             _stage(rig, n, _batch(run, n), subscriber, cls)
@@ -53,7 +53,7 @@ def measure(run: Run) -> Measurement:
     run.shared["economy"] = {
         "before": before,
         "streaming": streaming,
-        "after": rig.counters(),
+        "after": rig.admin.counters(),
         "orders": sum(s.orders - s.failed for s in stages),
         "failed": sum(s.failed for s in stages),
     }

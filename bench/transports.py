@@ -14,7 +14,7 @@ import time
 
 from bench import cpu
 from bench.harness import Measurement, Row, Run, median, percentile
-from bench.latency import GAP_SECONDS, _enqueued_at
+from bench.latency import GAP_SECONDS, enqueued_at, publish_one_at_a_time
 from bench.rig import Rig, job_id
 from shared.sfid import new_id
 
@@ -66,18 +66,12 @@ def _one(rig: Rig, transport: str, singles: int, burst: int) -> dict[str, float]
     subscriber = rig.start_subscriber(SF_EVENTS_TRANSPORT=transport)
     try:
         cpu_before = cpu.processes_cpu([subscriber.pid])
-        latencies, round_trips = [], []
-        for _ in range(singles):
-            time.sleep(GAP_SECONDS)
-            before = time.time()
-            event = rig.admin.publish({"OrderId__c": new_id("Order")})
-            round_trips.append((time.time() - before) * 1000)
-            latencies.append((_enqueued_at(rig, job_id(event)) - before) * 1000)
+        latencies, round_trips = publish_one_at_a_time(rig, singles)
         started = time.time()
         last = {}
         for _ in range(burst):
             last = rig.sandbox.salesforce.publish_event({"OrderId__c": new_id("Order")})
-        finished = _enqueued_at(rig, job_id(last), timeout=120.0)
+        finished = enqueued_at(rig, job_id(last), timeout=120.0)
         used = cpu.processes_cpu([subscriber.pid]) - cpu_before
     finally:
         subscriber.stop()

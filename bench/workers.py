@@ -74,10 +74,15 @@ def measure(run: Run) -> Measurement:
         v.label: _drain(run, conn, v, "bench.sample_jobs.sleep_ms", SLEEP_MS) for v in VARIANTS
     }
     reference = trivial[REFERENCE.label]
-    for drain in trivial.values():
-        result.rows.append(_trivial_row(drain, reference))
-    for drain in sleepy.values():
-        result.rows.append(_sleep_row(drain))
+    # The fork's own cost per job, for the worker-class advice (recommend.py).
+    run.shared["fork_extra_ms"] = (trivial["Worker (fork)"].per_job - reference.per_job) * 1000
+    same = (f"{REFERENCE.label}, same job", reference.per_job)
+    result.rows = [
+        _row(d, "trivial job", *(() if d is reference else same)) for d in trivial.values()
+    ]
+    result.rows += [
+        _row(d, f"{SLEEP_MS:g} ms job", "time inside the job", d.in_job) for d in sleepy.values()
+    ]
     result.params = {
         "trivial_jobs": {k: d.jobs for k, d in trivial.items()},
         "sleep_jobs": {k: d.jobs for k, d in sleepy.items()},
@@ -101,7 +106,7 @@ def _drain(run: Run, conn, variant: Variant, func: str, arg: float | None) -> Dr
     print(f"  6: {variant.label}, {count} x {func}", file=sys.stderr)
     _burst(python_module(*variant.args(run.redis_url)), log, timeout=60 + count * 0.5)
     times = rqjobs.fetch_times(conn, ids)
-    bad = rqjobs.unfinished(times)
+    bad = [t for t in times if t.status != "finished"]
     if bad:
         raise BenchError(f"{variant.label}: {len(bad)} jobs not finished, e.g. {bad[0]}")
     in_job = sum(t.in_job or 0.0 for t in times) / len(times)
@@ -132,25 +137,12 @@ def _count(run: Run, variant: Variant, *, sleeping: bool) -> int:
     return run.size(full, quick)
 
 
-def _trivial_row(drain: Drain, reference: Drain) -> Row:
-    is_reference = drain is reference
-    return Row(
-        figure=f"{drain.variant.label}: trivial job, time per job per process",
-        value=drain.per_job * 1000,
-        unit="ms",
-        reference="" if is_reference else f"{REFERENCE.label}, same job",
-        reference_value=None if is_reference else reference.per_job * 1000,
-    )
-
-
-def _sleep_row(drain: Drain) -> Row:
-    return Row(
-        figure=f"{drain.variant.label}: {SLEEP_MS:g} ms job, time per job per process",
-        value=drain.per_job * 1000,
-        unit="ms",
-        reference="time inside the job",
-        reference_value=drain.in_job * 1000,
-    )
+def _row(
+    drain: Drain, job: str, reference: str = "", reference_seconds: float | None = None
+) -> Row:
+    figure = f"{drain.variant.label}: {job}, time per job per process"
+    reference_ms = None if reference_seconds is None else reference_seconds * 1000
+    return Row(figure, drain.per_job * 1000, "ms", reference, reference_ms)
 
 
 def _notes(trivial: dict[str, Drain], sleepy: dict[str, Drain]) -> list[str]:
@@ -164,12 +156,3 @@ def _notes(trivial: dict[str, Drain], sleepy: dict[str, Drain]) -> list[str]:
             f"{drain.jobs_per_second:.0f} jobs/s with {drain.variant.processes} process(es)"
         )
     return notes
-
-
-def fork_overhead_ms(measured: Measurement) -> float | None:
-    """Extra per-job cost of the fork Worker over SimpleWorker on the trivial job."""
-    rows = {row.figure.split(":")[0]: row for row in measured.rows if "trivial" in row.figure}
-    fork, simple = rows.get("Worker (fork)"), rows.get(REFERENCE.label)
-    if fork is None or simple is None:
-        return None
-    return fork.value - simple.value

@@ -22,9 +22,10 @@ from typing import Any
 import redis
 
 from bench.chaos.schedule import BY_KEY, STREAM_TARGETS, Kind
-from provisioner.kit.private_redis import RedisServer
-from provisioner.kit.supervisor import Child, Supervisor
+from bench.chaos.stage import ChaosStack
+from provisioner.kit.supervisor import Child
 from sandbox.client import SandboxAdmin
+from sandbox.http_server import wait_until
 from shared import keys
 from shared.config import DEFAULT_CHANNEL
 from shared.connections import redis_client
@@ -88,6 +89,7 @@ class FireLog:
         return fault
 
     def when(self, fault: Any) -> float | None:
+        """When `fault` fired; None if it has not (or is None: the injection had no fault)."""
         with self._lock:
             return self.fired_at.get(id(fault))
 
@@ -109,22 +111,20 @@ class MintLog:
 class Injector:
     def __init__(
         self,
-        supervisor: Supervisor,
-        redis_server: RedisServer,
-        sandbox: Any,
+        stack: ChaosStack,
         clock: Callable[[], float],
         rng: random.Random,
-        hang_seconds: float,
         refuse_seconds: float,
         approved: Sequence[str],
     ) -> None:
-        self.supervisor = supervisor
-        self.redis_server = redis_server
-        self.sandbox = sandbox
-        self.admin = SandboxAdmin(sandbox.admin_url)  # its own session: the load uses another
+        self.supervisor = stack.supervisor
+        self.redis_server = stack.redis
+        self.sandbox = stack.sandbox
+        self.admin = SandboxAdmin(stack.sandbox.admin_url)  # its own session: the load uses another
         self.clock = clock
         self.rng = rng
-        self.hang_seconds = hang_seconds
+        # Longer than the services' WHMCS timeouts: the call must time out, not be answered.
+        self.hang_seconds = stack.tuning.whmcs_write_timeout + 3
         self.refuse_seconds = refuse_seconds
         self.approved = approved  # the load's list of approved orders, as it grows
         self.injections: list[Injection] = []
@@ -298,11 +298,7 @@ class Injector:
         url = self.redis_server.url
 
         def watch() -> None:
-            deadline = time.monotonic() + RECOVERY_TIMEOUT
-            while time.monotonic() < deadline:
-                if _last_connect(url) > since_epoch:
-                    break
-                time.sleep(0.1)
+            wait_until(lambda: _last_connect(url) > since_epoch, RECOVERY_TIMEOUT, 0.1)
             injection.window[1] = self.clock()
 
         watcher = threading.Thread(target=watch, name=f"recovery-{injection.kind}", daemon=True)
@@ -312,33 +308,23 @@ class Injector:
 
 def _inflight(url: str) -> dict[str, str]:
     """Order id -> the worker holding it, from prov:inflight (empty if Redis is away)."""
-    conn = redis_client(url, socket_timeout=2.0)
     try:
-        entries = leases.entries(conn)
+        with redis_client(url, socket_timeout=2.0) as conn:
+            entries = leases.entries(conn)
     except redis.RedisError:
         return {}
-    finally:
-        conn.close()
-    found = {}
-    for order_id, raw in entries.items():
-        entry = leases.InflightEntry.loads(raw)
-        if entry is not None:
-            found[order_id] = entry.worker
-    return found
+    loaded = {order_id: leases.InflightEntry.loads(raw) for order_id, raw in entries.items()}
+    return {order_id: entry.worker for order_id, entry in loaded.items() if entry is not None}
 
 
 def _wait_for_stream(url: str) -> None:
-    deadline = time.monotonic() + RECOVERY_TIMEOUT
-    while time.monotonic() < deadline and time.time() - _last_connect(url) > STREAM_FRESH:
-        time.sleep(0.1)
+    wait_until(lambda: time.time() - _last_connect(url) <= STREAM_FRESH, RECOVERY_TIMEOUT, 0.1)
 
 
 def _last_connect(url: str) -> float:
-    conn = redis_client(url, socket_timeout=1.0)
     try:
-        raw = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "last_connect_at")
+        with redis_client(url, socket_timeout=1.0) as conn:
+            raw = conn.hget(keys.heartbeat_key(DEFAULT_CHANNEL), "last_connect_at")
         return float(raw) if raw else 0.0
     except (redis.RedisError, ValueError):
         return 0.0
-    finally:
-        conn.close()

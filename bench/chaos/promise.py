@@ -84,6 +84,14 @@ class World:
     def code(self, order_id: str) -> str:
         return str(self.orders.get(order_id, {}).get("Activation_Error_Code__c") or "")
 
+    def finished(self, order_id: str) -> bool:
+        """Activated, or Failed with a code."""
+        status = self.status(order_id)
+        return status == ACTIVATED or (status == FAILED and bool(self.code(order_id)))
+
+    def with_status(self, status: str) -> list[str]:
+        return [o for o in self.approved if self.status(o) == status]
+
     def whmcs_of(self, order_id: str) -> list[WhmcsOrder]:
         return [w for w in self.whmcs if w.sf_order_id == order_id]
 
@@ -109,11 +117,7 @@ def _check(name: str, offenders: Iterable[str], passed: str, failed: str) -> Che
 
 
 def settled(world: World) -> Check:
-    bad = [
-        f"{o}={world.status(o) or 'empty'}"
-        for o in world.approved
-        if world.status(o) != ACTIVATED and not (world.status(o) == FAILED and world.code(o))
-    ]
+    bad = [f"{o}={world.status(o) or 'empty'}" for o in world.approved if not world.finished(o)]
     counts = Counter(world.status(o) for o in world.approved)
     return _check(
         "every approved order is Activated or Failed with a code; none Activating",
@@ -141,15 +145,13 @@ def services_match_quantities(
     service holding them all for a scaling product): `expected` is order -> pid -> (services,
     units)."""
     bad = []
-    for order_id in world.approved:
-        if world.status(order_id) != ACTIVATED:
-            continue
+    activated = world.with_status(ACTIVATED)
+    for order_id in activated:
         recorded = str(world.orders[order_id].get("WHMCS_Order_ID__c") or "")
         made = [w for w in world.whmcs_of(order_id) if str(w.id) == recorded]
         held = made[0].holds() if made else {}
         if held != dict(expected.get(order_id, {})):
             bad.append(f"{order_id} holds {_units(held)}, ordered {_units(expected[order_id])}")
-    activated = [o for o in world.approved if world.status(o) == ACTIVATED]
     services = sum(sum(n for n, _ in expected[o].values()) for o in activated if o in expected)
     units = sum(sum(u for _, u in expected[o].values()) for o in activated if o in expected)
     return _check(
@@ -171,8 +173,7 @@ def unpublished_reconciled(world: World, unpublished: Iterable[str]) -> Check:
     bad = [
         f"{o}={outcome(world, o)}{'' if world.reconciled(o) else ', no reconciler job'}"
         for o in orders
-        if not world.reconciled(o)
-        or not (world.status(o) == ACTIVATED or (world.status(o) == FAILED and world.code(o)))
+        if not (world.reconciled(o) and world.finished(o))
     ]
     counts = Counter(outcome(world, o) for o in orders)
     return _check(
@@ -214,9 +215,8 @@ def retried_activated_kept(world: World, kept: Mapping[str, str], final: bool = 
 
 def one_accepted_whmcs_order(world: World) -> Check:
     bad = []
-    for order_id in world.approved:
-        if world.status(order_id) != ACTIVATED:
-            continue
+    activated = world.with_status(ACTIVATED)
+    for order_id in activated:
         made = world.whmcs_of(order_id)
         recorded = str(world.orders[order_id].get("WHMCS_Order_ID__c") or "")
         if len(made) != 1:
@@ -225,11 +225,10 @@ def one_accepted_whmcs_order(world: World) -> Check:
             bad.append(f"{order_id} records WHMCS {recorded or 'none'}, made {made[0].id}")
         elif made[0].status != "Active":
             bad.append(f"{order_id}: WHMCS order {made[0].id} is {made[0].status}")
-    activated = sum(1 for o in world.approved if world.status(o) == ACTIVATED)
     return _check(
         "every Activated order has exactly one WHMCS order, accepted, the one it records",
         bad,
-        f"{activated} Activated orders, {activated} accepted WHMCS orders",
+        f"{len(activated)} Activated orders, {len(activated)} accepted WHMCS orders",
         "Activated orders without exactly one accepted WHMCS order",
     )
 
@@ -240,16 +239,14 @@ def failed_orders_have_at_most_their_own(world: World, retried: Iterable[str] = 
     step leaves it that one (retried_activated_kept checks it is the one it records)."""
     bad = []
     kept = set(retried)
-    for order_id in world.approved:
-        if world.status(order_id) != FAILED:
-            continue
+    failed = world.with_status(FAILED)
+    for order_id in failed:
         made = len(world.whmcs_of(order_id))
         step = last_failed_step(world.attempts, order_id)
         if step in PRE_CREATE_STEPS and made and order_id not in kept:
             bad.append(f"{order_id} failed in {step or 'start'} yet has {made} WHMCS orders")
         elif made > 1:
             bad.append(f"{order_id} failed in {step} and has {made} WHMCS orders")
-    failed = [o for o in world.approved if world.status(o) == FAILED]
     early = sum(1 for o in failed if last_failed_step(world.attempts, o) in PRE_CREATE_STEPS)
     return _check(
         "a Failed order that failed before whmcs_create has no WHMCS order (others at most one)",

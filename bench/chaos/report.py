@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from bench.chaos.inject import Injection
 from bench.chaos.promise import Check, World, outcome
@@ -192,7 +191,3 @@ def summary_lines(checks: Mapping[str, Sequence[Check]]) -> list[str]:
         for title, group in checks.items()
         for c in group
     ]
-
-
-def as_dict(rows: Sequence[FaultRow]) -> list[dict[str, Any]]:
-    return [{**vars(r), "hit": sorted(r.hit)} for r in rows]

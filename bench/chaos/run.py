@@ -35,6 +35,7 @@ from bench.chaos.inject import REFUSED_CODE, FireLog, Injection, Injector, MintL
 from bench.chaos.schedule import BY_KEY, plan
 from bench.chaos.stage import ChaosStack, Tuning, worker_class
 from bench.results import DEFAULT_DATABASE_URL, RESULTS_DIR, write_atomically
+from sandbox.http_server import wait_until
 from shared import keys
 from shared.queueing import provisioning_queue
 from worker.orchestrator import UNKNOWN_CREATE_MARGIN
@@ -57,15 +58,7 @@ class Size:
 FULL = Size(
     orders=300, clients=12, workers=3, load_seconds=75, settle_timeout=180, refuse_seconds=12
 )
-QUICK = Size(
-    orders=50,
-    clients=4,
-    workers=2,
-    load_seconds=30,
-    settle_timeout=90,
-    refuse_seconds=8,
-    quick=True,
-)
+QUICK = Size(50, 4, 2, 30, 90, 8, quick=True)  # FULL's fields in the same order
 
 
 class Clock:
@@ -92,17 +85,8 @@ class Chaos:
         self.fires = FireLog(rig.sandbox.faults, clock)
         self.tokens = MintLog(rig.sandbox.salesforce.tokens)
         self.approved: list[str] = []
-        tuning = rig.tuning
-        self.injector = Injector(
-            rig.supervisor,
-            rig.redis,
-            rig.sandbox,
-            clock,
-            random.Random(seed + 1),
-            hang_seconds=tuning.whmcs_write_timeout + 3,
-            refuse_seconds=size.refuse_seconds,
-            approved=self.approved,
-        )
+        rng = random.Random(seed + 1)
+        self.injector = Injector(rig, clock, rng, size.refuse_seconds, self.approved)
         self.info = chaos_report.RunInfo(
             command=command,
             seed=seed,
@@ -111,7 +95,7 @@ class Chaos:
             worker_classes=_classes(size.workers),
             clients=size.clients,
             load_seconds=size.load_seconds,
-            settings={k: v for k, v in tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
+            settings={k: v for k, v in rig.tuning.env().items() if k != "HTTP_CONNECT_TIMEOUT"},
         )
         self.expected: dict[str, dict[int, tuple[int, int]]] = {}
 
@@ -150,7 +134,7 @@ class Chaos:
 
     def _load(self, order_ids: Sequence[str]) -> None:
         schedule = plan(
-            self.seed, self.size.load_seconds, self.size.quick, self.rig.tuning.transport
+            self.seed, self.size.load_seconds, self.size.quick, self.rig.tuning.sf_events_transport
         )
         start = self.clock()
         striker = threading.Thread(target=self._strike, args=(schedule, start), daemon=True)
@@ -182,26 +166,19 @@ class Chaos:
             )
 
     def _settle(self, timeout: float) -> bool:
-        """Wait until no approved order is Activating and no job is queued or running."""
-        deadline = self.clock() + timeout
-        while self.clock() < deadline:
-            if self._quiet():
-                return True
-            time.sleep(1.0)
-        return self._quiet()
+        return wait_until(self._quiet, timeout, 1.0)
 
     def _quiet(self) -> bool:
+        """No approved order is Activating and no job is queued or running."""
         statuses = {o["Id"]: o.get("Activation_Status__c") for o in self.rig.admin.orders()}
         if any(statuses.get(o) == "Activating" for o in self.approved):
             return False
-        conn = self.rig.conn()
         try:
-            queue = provisioning_queue(conn, QUEUE, 60)
-            return queue.count == 0 and conn.hlen(keys.INFLIGHT) == 0
+            with self.rig.conn() as conn:
+                queue = provisioning_queue(conn, QUEUE, 60)
+                return queue.count == 0 and conn.hlen(keys.INFLIGHT) == 0
         except redis.RedisError:  # not back yet: not quiet
             return False
-        finally:
-            conn.close()
 
     def _retry(self, first: chaos_check.World) -> None:
         self.rig.sandbox.faults.clear()
@@ -249,11 +226,8 @@ class Chaos:
         )
 
     def _world(self) -> chaos_check.World:
-        conn = self.rig.conn()
-        try:
+        with self.rig.conn() as conn:
             return chaos_state.gather(self.rig.admin, conn, self.rig.database.engine, self.approved)
-        finally:
-            conn.close()
 
     def _secrets_check(self) -> chaos_check.Check:
         """Every service log line and every field written to Salesforce, searched verbatim."""
@@ -289,15 +263,11 @@ class Chaos:
         )
 
         def orders_hit(injection: Injection) -> set[str]:
-            fired = self.fires.when(injection.fault) if injection.fault is not None else None
+            fired = self.fires.when(injection.fault)
             return chaos_report.hits(injection, fired, self.timeline.between, seen)
 
         return chaos_report.fault_rows(
-            self.injector.injections,
-            lambda i: self.fires.when(i.fault) if i.fault is not None else None,
-            orders_hit,
-            first,
-            final,
+            self.injector.injections, lambda i: self.fires.when(i.fault), orders_hit, first, final
         )
 
 
@@ -321,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"seed {seed} (reproduce the schedule with --seed {seed})")
     work_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
     clock = Clock()
-    rig = ChaosStack(work_dir, args.database_url, Tuning(transport=args.transport), clock)
+    rig = ChaosStack(work_dir, args.database_url, Tuning(sf_events_transport=args.transport), clock)
     try:
         text, passed = Chaos(rig, size, seed, clock, command).run()
     finally:

@@ -33,6 +33,15 @@ class Kind:
         return bool(self.target)
 
 
+def _emulated(target: str, key: str, what: str, full: int, fault: str, **params: Any) -> Kind:
+    """A fault the sandbox plays on `target`'s next call (one of each in the quick run)."""
+    system, call = target.split(".")
+    name = {"whmcs": f"WHMCS {call}", "cometd": "CometD", "pubsub": "Pub/Sub"}[system]
+    return Kind(key, f"{name} {what}", full, 1, target, fault, params)
+
+
+ADD, ACCEPT = "whmcs.AddOrder", "whmcs.AcceptOrder"
+CONNECT, FETCH = "cometd.connect", "pubsub.fetch"
 # `hang` params are filled in by the injector: longer than the services' read timeouts. The
 # stream's faults depend on the transport: STREAM_KINDS below, placed by kinds().
 KINDS: tuple[Kind, ...] = (
@@ -44,66 +53,28 @@ KINDS: tuple[Kind, ...] = (
     Kind("retry_activated", "Provision / Retry on an Activated order", 4, 2),
     Kind("refuse_outcome", "Salesforce refuses the outcome PATCH for a while, then takes it", 1, 1),
     Kind("revoke_token", "revoke every Salesforce token", 2, 1),
-    Kind("add_503", "WHMCS AddOrder 503", 3, 1, "whmcs.AddOrder", "status", {"status": 503}),
-    Kind("add_timeout", "WHMCS AddOrder timeout", 2, 1, "whmcs.AddOrder", "hang"),
-    Kind(
-        "add_commit_timeout",
-        "WHMCS AddOrder commit-then-timeout",
-        3,
-        1,
-        "whmcs.AddOrder",
-        "commit_then_hang",
-    ),
-    Kind(
-        "accept_503", "WHMCS AcceptOrder 503", 2, 1, "whmcs.AcceptOrder", "status", {"status": 503}
-    ),
-    Kind("accept_timeout", "WHMCS AcceptOrder timeout", 2, 1, "whmcs.AcceptOrder", "hang"),
-    Kind(
-        "accept_commit_timeout",
-        "WHMCS AcceptOrder commit-then-timeout",
-        2,
-        1,
-        "whmcs.AcceptOrder",
-        "commit_then_hang",
-    ),
+    _emulated(ADD, "add_503", "503", 3, "status", status=503),
+    _emulated(ADD, "add_timeout", "timeout", 2, "hang"),
+    _emulated(ADD, "add_commit_timeout", "commit-then-timeout", 3, "commit_then_hang"),
+    _emulated(ACCEPT, "accept_503", "503", 2, "status", status=503),
+    _emulated(ACCEPT, "accept_timeout", "timeout", 2, "hang"),
+    _emulated(ACCEPT, "accept_commit_timeout", "commit-then-timeout", 2, "commit_then_hang"),
 )
 # The stream's own faults, in each transport's form.
 STREAM_KINDS: dict[str, tuple[Kind, ...]] = {
     "cometd": (
-        Kind(
-            "unknown_client", "CometD 403::Unknown client", 2, 1, "cometd.connect", "unknown_client"
-        ),
-        Kind("lost_batch", "CometD lost batch", 2, 1, "cometd.connect", "lost_batch"),
-        Kind("duplicate", "CometD duplicate delivery", 2, 1, "cometd.connect", "duplicate"),
+        _emulated(CONNECT, "unknown_client", "403::Unknown client", 2, "unknown_client"),
+        _emulated(CONNECT, "lost_batch", "lost batch", 2, "lost_batch"),
+        _emulated(CONNECT, "duplicate", "duplicate delivery", 2, "duplicate"),
     ),
     "pubsub": (
-        Kind("stream_closed", "Pub/Sub stream closed mid-flight", 2, 1, "pubsub.fetch", "close"),
-        Kind(
-            "service_unavailable",
-            "Pub/Sub INTERNAL service unavailable",
-            2,
-            1,
-            "pubsub.fetch",
-            "unavailable",
+        _emulated(FETCH, "stream_closed", "stream closed mid-flight", 2, "close"),
+        _emulated(FETCH, "service_unavailable", "INTERNAL service unavailable", 2, "unavailable"),
+        _emulated(FETCH, "pubsub_duplicate", "duplicate delivery", 2, "duplicate"),
+        _emulated(
+            FETCH, "no_keepalive", "silence: no event, no keepalive", 1, "silence", seconds=60
         ),
-        Kind("pubsub_duplicate", "Pub/Sub duplicate delivery", 2, 1, "pubsub.fetch", "duplicate"),
-        Kind(
-            "no_keepalive",
-            "Pub/Sub silence: no event, no keepalive",
-            1,
-            1,
-            "pubsub.fetch",
-            "silence",
-            {"seconds": 60},
-        ),
-        Kind(
-            "unauthenticated",
-            "Pub/Sub UNAUTHENTICATED mid-stream",
-            1,
-            1,
-            "pubsub.fetch",
-            "unauthenticated",
-        ),
+        _emulated(FETCH, "unauthenticated", "UNAUTHENTICATED mid-stream", 1, "unauthenticated"),
     ),
 }
 STREAM_TARGETS = ("cometd.", "pubsub.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +25,27 @@ LOAD_BATCH = 100  # orders per fixture load
 
 @dataclass(frozen=True)
 class Tuning:
-    """Service settings for the run: short timeouts, so faults resolve within minutes."""
+    """Service settings for the run: short timeouts, so faults resolve within minutes. Each field
+    is the environment variable of its name in capitals, in the order the report lists them."""
 
+    sf_events_transport: str = "cometd"
+    # Pub/Sub watchdog: past the sandbox's keepalive pace (COMETD_TIMEOUT), well short of 330 s.
+    sf_pubsub_stall_timeout: float = 25.0
     order_lock_ttl: int = 6
     whmcs_write_timeout: float = 2.0
     whmcs_read_timeout: float = 5.0
     sf_timeout: float = 5.0
     job_timeout: int = 120
-    transport: str = "cometd"  # SF_EVENTS_TRANSPORT
-    # Pub/Sub watchdog: past the sandbox's keepalive pace (COMETD_TIMEOUT), well short of 330 s.
-    pubsub_stall_timeout: float = 25.0
     # The reconciler finds approvals with no job (an event never published, jobs lost with
     # Redis's last second): sweeps every few seconds, for orders Activating longer than a
     # job ever takes here, so that it acts within the run and not on orders a job still holds.
     reconcile_interval: float = 3.0
     reconcile_after: float = 20.0
+    http_connect_timeout: float = 3.0
 
     def env(self) -> dict[str, str]:
-        return {
-            "SF_EVENTS_TRANSPORT": self.transport,
-            "SF_PUBSUB_STALL_TIMEOUT": f"{self.pubsub_stall_timeout:g}",
-            "ORDER_LOCK_TTL": str(self.order_lock_ttl),
-            "WHMCS_WRITE_TIMEOUT": f"{self.whmcs_write_timeout:g}",
-            "WHMCS_READ_TIMEOUT": f"{self.whmcs_read_timeout:g}",
-            "SF_TIMEOUT": f"{self.sf_timeout:g}",
-            "JOB_TIMEOUT": str(self.job_timeout),
-            "RECONCILE_INTERVAL": f"{self.reconcile_interval:g}",
-            "RECONCILE_AFTER": f"{self.reconcile_after:g}",
-            "HTTP_CONNECT_TIMEOUT": "3",
-        }
+        values = {f.name.upper(): getattr(self, f.name) for f in fields(self)}
+        return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in values.items()}
 
     @property
     def abandoned_window(self) -> float:

@@ -86,11 +86,11 @@ def _order_of(request: dict[str, Any], by_whmcs_id: dict[int, str | None]) -> st
 
 def duplicate_deliveries(logs: Iterable[Path]) -> set[str]:
     """Orders whose event the subscriber received again and ignored (its own log says so)."""
-    found = set()
-    for line in _json_lines(logs):
-        if line.get("message") == DUPLICATE_LINE and isinstance(line.get("order_id"), str):
-            found.add(line["order_id"])
-    return found
+    return {
+        line["order_id"]
+        for line in _json_lines(logs)
+        if line.get("message") == DUPLICATE_LINE and isinstance(line.get("order_id"), str)
+    }
 
 
 def refused_outcomes(logs: Iterable[Path], code: str) -> set[str]:
