@@ -19,7 +19,7 @@ import string
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -54,6 +54,7 @@ REFUSAL_ADVICE = {UNKNOWN_CLIENT: "handshake", AUTH_INVALID: "none", AUTH_REQUIR
 FAULT_REFUSALS = {"unknown_client": UNKNOWN_CLIENT, "auth_invalid": AUTH_INVALID}
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+Message = dict[str, Any]  # one Bayeux message, in or out
 
 
 def _new_id(length: int) -> str:
@@ -92,7 +93,7 @@ class _Client:
     holding: int = 0  # connects currently held open
     generation: int = 0  # a newer connect releases an older held one
     lose_next_batch: bool = False
-    last_batch: list[dict[str, Any]] = field(default_factory=list)
+    last_batch: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -101,9 +102,9 @@ class _Exchange:
 
     request: Request
     token: str | None
-    replies: list[dict[str, Any]] = field(default_factory=list)
+    replies: list[Message] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
-    connect: tuple[_Client, dict[str, Any], Fault | None] | None = None
+    connect: tuple[_Client, Message, Fault | None] | None = None
     hold: bool = False
 
 
@@ -113,30 +114,24 @@ class _StatusReply(Exception):
         self.status = status
 
 
+@dataclass(eq=False)
 class CometdServer:
-    def __init__(
-        self,
-        bus: EventBus,
-        faults: FaultBook,
-        is_token_valid: Callable[[str], bool],
-        *,
-        timeout: float = 110.0,
-        reconnect_timeout: float = 40.0,
-        max_batch: int = 100,
-    ) -> None:
-        self.bus = bus
-        self.faults = faults
-        self.is_token_valid = is_token_valid
-        self.timeout = timeout
-        self.reconnect_timeout = reconnect_timeout
-        self.max_batch = max_batch
+    bus: EventBus
+    faults: FaultBook
+    is_token_valid: Callable[[str], bool]
+    _: KW_ONLY
+    timeout: float = 110.0
+    reconnect_timeout: float = 40.0
+    max_batch: int = 100
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
             self._clients: dict[str, _Client] = {}
-            self._last_batch: list[dict[str, Any]] = []
+            self._last_batch: list[Message] = []
             self._counts = dict.fromkeys(
                 ("handshake", "connect", "subscribe", "unsubscribe", "disconnect", "delivered"), 0
             )
@@ -171,7 +166,7 @@ class CometdServer:
 
     # Request plumbing.
 
-    def _messages(self, request: Request) -> list[dict[str, Any]] | None:
+    def _messages(self, request: Request) -> list[Message] | None:
         try:
             if "x-www-form-urlencoded" in request.header("Content-Type"):
                 body = json.loads(parse_qs(request.body.decode())["message"][0])
@@ -183,7 +178,7 @@ class CometdServer:
             return None  # Salesforce refuses a bare object since Winter '27
         return body
 
-    def _exchange(self, request: Request, messages: list[dict[str, Any]]) -> Response:
+    def _exchange(self, request: Request, messages: list[Message]) -> Response:
         self._forget_idle()
         ex = _Exchange(request, bearer_token(request))
         for message in messages:
@@ -191,7 +186,7 @@ class CometdServer:
         events = self._finish_connect(ex) if ex.connect else []
         return Response.json(events + ex.replies, headers=ex.headers)
 
-    def _dispatch(self, ex: _Exchange, message: dict[str, Any]) -> dict[str, Any]:
+    def _dispatch(self, ex: _Exchange, message: Message) -> Message:
         channel = str(message.get("channel", ""))
         handler = {
             "/meta/handshake": self._handshake,
@@ -217,10 +212,8 @@ class CometdServer:
             raise _StatusReply(int(fault.params.get("status", 503)))
         return fault
 
-    def _reply(
-        self, message: dict[str, Any], *, error: str | None = None, **fields: Any
-    ) -> dict[str, Any]:
-        reply: dict[str, Any] = {"channel": message.get("channel")}
+    def _reply(self, message: Message, *, error: str | None = None, **fields: Any) -> Message:
+        reply: Message = {"channel": message.get("channel")}
         if "id" in message:
             reply["id"] = str(message["id"])
         if message.get("clientId"):
@@ -237,7 +230,7 @@ class CometdServer:
 
     # Client registry.
 
-    def _client(self, ex: _Exchange, message: dict[str, Any]) -> tuple[_Client | None, str | None]:
+    def _client(self, ex: _Exchange, message: Message) -> tuple[_Client | None, str | None]:
         """The session a message names, or the error that refuses it."""
         with self._lock:
             client = self._clients.get(str(message.get("clientId", "")))
@@ -267,13 +260,13 @@ class CometdServer:
             for client_id in idle:
                 del self._clients[client_id]
 
-    def _refusal(self, message: dict[str, Any], error: str) -> dict[str, Any]:
+    def _refusal(self, message: Message, error: str) -> Message:
         reconnect = REFUSAL_ADVICE.get(error)
         if reconnect is None:
             return self._reply(message, error=error)
         return self._reply(message, error=error, advice={"reconnect": reconnect, "interval": 0})
 
-    def _generic_fault(self, message: dict[str, Any], fault: Fault | None) -> dict[str, Any] | None:
+    def _generic_fault(self, message: Message, fault: Fault | None) -> Message | None:
         if fault is None:
             return None
         if fault.kind in FAULT_REFUSALS:
@@ -296,9 +289,7 @@ class CometdServer:
 
     # Meta channels.
 
-    def _handshake(
-        self, ex: _Exchange, message: dict[str, Any], fault: Fault | None
-    ) -> dict[str, Any]:
+    def _handshake(self, ex: _Exchange, message: Message, fault: Fault | None) -> Message:
         self._count("handshake")
         if fault is not None and fault.kind == "unknown_client":
             return self._refusal(message, UNKNOWN_CLIENT)
@@ -336,9 +327,7 @@ class CometdServer:
         ex.headers.append(("Set-Cookie", f"{BROWSER_COOKIE}={browser}; Path=/; HttpOnly; Secure"))
         return browser
 
-    def _connect(
-        self, ex: _Exchange, message: dict[str, Any], fault: Fault | None
-    ) -> dict[str, Any]:
+    def _connect(self, ex: _Exchange, message: Message, fault: Fault | None) -> Message:
         self._count("connect")
         refused = self._generic_fault(message, fault)
         if refused is not None:
@@ -370,9 +359,7 @@ class CometdServer:
         ex.hold = not (first or crowded)
         return reply
 
-    def _subscribe(
-        self, ex: _Exchange, message: dict[str, Any], fault: Fault | None
-    ) -> dict[str, Any]:
+    def _subscribe(self, ex: _Exchange, message: Message, fault: Fault | None) -> Message:
         self._count("subscribe")
         channel = message.get("subscription")
         refused = self._generic_fault(message, fault)
@@ -390,7 +377,7 @@ class CometdServer:
         return self._reply(message, error=error, subscription=channel)
 
     def _start_cursor(
-        self, message: dict[str, Any], channel: Any, fault: Fault | None
+        self, message: Message, channel: Any, fault: Fault | None
     ) -> tuple[str | None, int]:
         """Where a subscription starts: (error, replay id after which events are delivered)."""
         if not isinstance(channel, str) or not channel.startswith("/"):
@@ -414,9 +401,7 @@ class CometdServer:
             return None, requested
         return INVALID_REPLAY.format(requested), 0
 
-    def _unsubscribe(
-        self, ex: _Exchange, message: dict[str, Any], fault: Fault | None
-    ) -> dict[str, Any]:
+    def _unsubscribe(self, ex: _Exchange, message: Message, fault: Fault | None) -> Message:
         self._count("unsubscribe")
         client, error = self._client(ex, message)
         channel = message.get("subscription")
@@ -426,9 +411,7 @@ class CometdServer:
             client.cursors.pop(str(channel), None)
         return self._reply(message, subscription=channel)
 
-    def _disconnect(
-        self, ex: _Exchange, message: dict[str, Any], fault: Fault | None
-    ) -> dict[str, Any]:
+    def _disconnect(self, ex: _Exchange, message: Message, fault: Fault | None) -> Message:
         self._count("disconnect")
         client_id = str(message.get("clientId", ""))
         with self._lock:
@@ -440,7 +423,7 @@ class CometdServer:
 
     # Delivery.
 
-    def _finish_connect(self, ex: _Exchange) -> list[dict[str, Any]]:
+    def _finish_connect(self, ex: _Exchange) -> list[Message]:
         assert ex.connect is not None
         client, reply, fault = ex.connect
         kind = fault.kind if fault is not None else None
@@ -464,7 +447,7 @@ class CometdServer:
             raise Drop()  # the events count as delivered; the client never sees them
         return replayed + events
 
-    def _wait_for_events(self, client: _Client, *, hold: bool) -> list[dict[str, Any]]:
+    def _wait_for_events(self, client: _Client, *, hold: bool) -> list[Message]:
         deadline = time.monotonic() + (self.timeout if hold else 0.0)
         generation = client.generation
         version = self.bus.version()
@@ -477,9 +460,9 @@ class CometdServer:
                 return events
             version = self.bus.wait_for_change(version, remaining)
 
-    def _deliver(self, client: _Client) -> list[dict[str, Any]]:
+    def _deliver(self, client: _Client) -> list[Message]:
         """Take the client's next batch: its cursors advance, the events count as delivered."""
-        batch: list[dict[str, Any]] = []
+        batch: list[Message] = []
         with self._lock:
             for channel, cursor in client.cursors.items():
                 room = self.max_batch - len(batch)
@@ -494,7 +477,7 @@ class CometdServer:
                 self._counts["delivered"] += len(batch)
         return batch
 
-    def _last_delivered(self, client: _Client) -> list[dict[str, Any]]:
+    def _last_delivered(self, client: _Client) -> list[Message]:
         """What the `duplicate` fault sends again: this client's last batch, else anyone's."""
         with self._lock:
             batch = client.last_batch or [

@@ -49,23 +49,21 @@ def api_label(version: str) -> str:
 
 @dataclass(frozen=True)
 class Route:
-    methods: tuple[str, ...]
-    pattern: re.Pattern[str]
+    method: str
+    pattern: str  # a regular expression for the whole path under /vNN.N/
     kind: str  # the API counter and the fault target `sf.<kind>`
     handler: str
 
 
 ROUTES = (
-    Route(("GET",), re.compile(r"query/?"), "query", "_query"),
-    Route(("GET",), re.compile(r"query/(?P<locator>\w+-\d+)/?"), "query", "_query_more"),
-    Route(("GET",), re.compile(r"limits/?"), "limits", "_limits"),
-    Route(("POST",), re.compile(r"composite/?"), "composite", "_composite"),
-    Route(("GET",), re.compile(r"sobjects/(?P<sobject>\w+)/describe/?"), "describe", "_describe"),
-    Route(
-        ("POST",), re.compile(r"sobjects/OrderProvisionRequested__e/?", re.I), "publish", "_publish"
-    ),
-    Route(("GET",), re.compile(r"sobjects/(?P<sobject>\w+)/(?P<id>[^/]+)/?"), "get", "_get"),
-    Route(("PATCH",), re.compile(r"sobjects/(?P<sobject>\w+)/(?P<id>[^/]+)/?"), "patch", "_patch"),
+    Route("GET", r"query/?", "query", "_query"),
+    Route("GET", r"query/(?P<locator>\w+-\d+)/?", "query", "_query_more"),
+    Route("GET", r"limits/?", "limits", "_limits"),
+    Route("POST", r"composite/?", "composite", "_composite"),
+    Route("GET", r"sobjects/(?P<sobject>\w+)/describe/?", "describe", "_describe"),
+    Route("POST", r"(?i)sobjects/OrderProvisionRequested__e/?", "publish", "_publish"),
+    Route("GET", r"sobjects/(?P<sobject>\w+)/(?P<id>[^/]+)/?", "get", "_get"),
+    Route("PATCH", r"sobjects/(?P<sobject>\w+)/(?P<id>[^/]+)/?", "patch", "_patch"),
 )
 
 
@@ -73,12 +71,11 @@ def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], l
     """(route, its parameters, the methods the path allows) for a path under /vNN.N/."""
     allowed: list[str] = []
     for route in ROUTES:
-        found = route.pattern.fullmatch(path)
-        if found is None:
-            continue
-        if method in route.methods:
+        found = re.fullmatch(route.pattern, path)
+        if found is not None and method == route.method:
             return route, found.groupdict(), allowed
-        allowed.extend(route.methods)
+        if found is not None:
+            allowed.append(route.method)
     return None, {}, allowed
 
 

@@ -50,7 +50,7 @@ class SalesforceLoader:
 
     def portal_pricebook(self, fields: dict[str, Any]) -> None:
         """The fixture's price book is the sandbox's Portal one (PORTAL_PRICEBOOK_ID)."""
-        values = self.fields("Pricebook2", fields, exclude=frozenset({"Id"}))
+        values = self.fields("Pricebook2", fields)
         self.store.update("Pricebook2", self.pricebook_id, values)
         self.remember(fields, self.pricebook_id)
 
@@ -85,7 +85,8 @@ class SalesforceLoader:
         defaults["UnitPrice"] = float(fields.get("UnitPrice", list_price))
         if listed is None:
             defaults["Product2Id"] = product  # a dangling product id, for tests of bad data
-        self.insert("OrderItem", fields, defaults, exclude=frozenset({"ListPrice"}))
+        own = {name: value for name, value in fields.items() if name != "ListPrice"}  # derived
+        self.insert("OrderItem", own, defaults)
 
     def entry(self, pricebook: str, product: str, price: float) -> str:
         key = (pricebook, product)
@@ -94,14 +95,8 @@ class SalesforceLoader:
             self.entries[key] = self.store.insert("PricebookEntry", {**fields, "IsActive": True})
         return self.entries[key]
 
-    def insert(
-        self,
-        sobject: str,
-        fields: dict[str, Any],
-        defaults: dict[str, Any],
-        exclude: frozenset[str] = frozenset(),
-    ) -> str:
-        values = {**defaults, **self.fields(sobject, fields, exclude | {"Id"})}
+    def insert(self, sobject: str, fields: dict[str, Any], defaults: dict[str, Any]) -> str:
+        values = {**defaults, **self.fields(sobject, fields)}
         given = normalise_id(fields["Id"]) if "Id" in fields else None
         if "Id" in fields and given is None:
             raise FixtureError(f"{sobject} Id {fields['Id']!r} is not a Salesforce id")
@@ -109,17 +104,16 @@ class SalesforceLoader:
         self.remember(fields, record_id)
         return record_id
 
-    def fields(
-        self, sobject: str, given: dict[str, Any], exclude: frozenset[str]
-    ) -> dict[str, Any]:
-        """The object's own fields of a fixture record, numbers as floats like Salesforce's."""
+    def fields(self, sobject: str, given: dict[str, Any]) -> dict[str, Any]:
+        """The object's own fields of a fixture record but its Id, numbers as floats like
+        Salesforce's."""
         known = {f.name: f for f in OBJECTS[sobject].fields}
         unknown = set(given) - set(known) - EXTRA_KEYS[sobject]
         if unknown:
             raise FixtureError(f"{sobject} fixture has unknown fields {sorted(unknown)}")
         values = {}
         for name, value in given.items():
-            if name in known and name not in exclude:
+            if name in known and name != "Id":
                 values[name] = _coerce(known[name].type, value, f"{sobject}.{name}")
         return values
 

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -80,26 +81,18 @@ def _expiry_ok(exp: Any, now: float) -> bool:
     return now < value <= now + MAX_EXP_AHEAD
 
 
+@dataclass(eq=False)
 class TokenEndpoint:
-    def __init__(
-        self,
-        tokens: Tokens,
-        app_public_key_pem: bytes,
-        *,
-        client_id: str,
-        username: str,
-        user_id: str,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.tokens = tokens
-        self.public_key = app_public_key_pem
-        self.client_id = client_id
-        self.username = username
-        self.user_id = user_id
-        self.clock = clock
-        self.approved = True
-        self.logins = 0
-        self.refusals = 0
+    tokens: Tokens
+    public_key: bytes  # the connected app's certificate key, PEM
+    _: KW_ONLY
+    client_id: str
+    username: str
+    user_id: str
+    clock: Callable[[], float] = time.time
+    approved: bool = True
+    logins: int = 0
+    refusals: int = 0
 
     def handle(self, request: Request, base_url: str) -> Response:
         if request.method != "POST":

@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
@@ -111,22 +112,18 @@ class _Stream:
             self.changed.notify_all()
 
 
+@dataclass(eq=False)
 class PubSubServer(pb_grpc.PubSubServicer):
-    def __init__(
-        self,
-        bus: EventBus,
-        faults: FaultBook,
-        tokens: Tokens,
-        *,
-        keepalive: float = 270.0,
-    ) -> None:
-        self.bus = bus
-        self.faults = faults
-        self.tokens = tokens
-        self.keepalive = keepalive
+    bus: EventBus
+    faults: FaultBook
+    tokens: Tokens
+    _: KW_ONLY
+    keepalive: float = 270.0
+    port: int = 0  # once started
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
-        self.port = 0
         self.reset()
 
     def reset(self) -> None:

@@ -59,10 +59,8 @@ class SObject:
     def child(self, relationship: str) -> tuple[str, str, str] | None:
         """(canonical name, child object, foreign key) of a child relationship."""
         wanted = relationship.lower()
-        for name, (sobject, fk) in self.children.items():
-            if name.lower() == wanted:
-                return name, sobject, fk
-        return None
+        found = ((n, o, fk) for n, (o, fk) in self.children.items() if n.lower() == wanted)
+        return next(found, None)
 
 
 def _ref(name: str, target: str, *, updateable: bool = False) -> Field:

@@ -15,6 +15,8 @@ Pure: records come from a `Source`, the clock is not read.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -109,23 +111,16 @@ def tokenize(text: str) -> list[Token]:
 
 
 def unquote(text: str, token: Token) -> str:
-    out, i, body = [], 0, token.text[1:-1]
-    while i < len(body):
-        char = body[i]
-        if char == "\\":
-            escaped = _ESCAPES.get(body[i + 1])
-            if escaped is None:
-                raise SoqlError(
-                    "MALFORMED_QUERY",
-                    f"{_where(text, token.pos)}Invalid string literal '{token.text}'. "
-                    "Illegal character sequence '\\" + body[i + 1] + "' in string literal.",
-                )
-            out.append(escaped)
-            i += 2
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
+    def escape(match: re.Match[str]) -> str:
+        if match[1] not in _ESCAPES:
+            raise SoqlError(
+                "MALFORMED_QUERY",
+                f"{_where(text, token.pos)}Invalid string literal '{token.text}'. "
+                f"Illegal character sequence '\\{match[1]}' in string literal.",
+            )
+        return _ESCAPES[match[1]]
+
+    return re.sub(r"\\(.)", escape, token.text[1:-1], flags=re.S)
 
 
 def _where(text: str, pos: int) -> str:
@@ -303,11 +298,6 @@ def _custom_hint(kind: str, suffix: str, after: str = "") -> str:
     )
 
 
-def _no_such_column(text: str, pos: int, name: str, entity: str) -> SoqlError:
-    message = f"No such column '{name}' on entity '{entity}'. {_custom_hint('field', '__c')}"
-    return SoqlError("INVALID_FIELD", _where(text, pos) + message)
-
-
 def _bad_relationship(text: str, pos: int, name: str, part: str = "field path") -> SoqlError:
     hint = _custom_hint("relationship", "__r")
     return SoqlError(
@@ -328,7 +318,9 @@ def resolve(text: str, path: Path, root: SObject) -> Resolved:
         current = target
     found = current.field(name)
     if found is None:
-        raise _no_such_column(text, path.pos, name, current.name)
+        hint = _custom_hint("field", "__c")
+        message = f"No such column '{name}' on entity '{current.name}'. {hint}"
+        raise SoqlError("INVALID_FIELD", _where(text, path.pos) + message)
     return Resolved(tuple(hops), found)
 
 
@@ -397,15 +389,10 @@ def comparable(field: Field, value: Any) -> Any:
     return value
 
 
-_ORDER = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
-def _matches(op: str, actual: Any, wanted: list[Any]) -> bool:
+def _matches(op: str, actual: Any, wanted: tuple[Any, ...]) -> bool:
     if op == "!=":
         return actual != wanted[0]
     if op in _ORDER:  # null is neither before nor after anything
@@ -422,61 +409,94 @@ def attributes(sobject_name: str, record_id: str, version: str) -> dict[str, str
     return {"type": sobject_name, "url": url}
 
 
-class _Run:
-    def __init__(self, text: str, source: Source, version: str) -> None:
-        self.text = text
-        self.source = source
-        self.version = version
+@dataclass(frozen=True)
+class _Plan:
+    """A query checked against the schema: every name resolved, every literal typed."""
 
-    def follow(self, record: dict[str, Any] | None, resolved: Resolved) -> Any:
+    sobject: SObject
+    columns: tuple[Resolved | _Child, ...]
+    checks: tuple[tuple[str, Resolved, tuple[Any, ...]], ...]  # (op, path, wanted values)
+    order_by: tuple[tuple[Resolved, bool], ...]  # (path, descending)
+    limit: int | None
+
+
+@dataclass(frozen=True)
+class _Child:
+    """A child-relationship subquery: its key in the reply, the child's foreign key, its plan."""
+
+    name: str
+    fk: str
+    plan: _Plan
+
+
+def _plan(text: str, query: Query, root: SObject) -> _Plan:
+    """Every name is checked before any row is read, as Salesforce compiles first."""
+    columns: list[Resolved | _Child] = []
+    seen: set[str] = set()
+    for item in query.items:
+        if isinstance(item, Query):
+            name, child, fk = _child(text, item.sobject, root)
+            columns.append(_Child(name, fk, _plan(text, item, child)))
+            continue
+        columns.append(resolve(text, item, root))
+        if item.text.lower() in seen:
+            where = _where(text, item.pos)
+            raise SoqlError("MALFORMED_QUERY", f"{where}duplicate field selected: {item.text}")
+        seen.add(item.text.lower())
+    checks = []
+    for condition in query.where:
+        resolved = resolve(text, condition.path, root)
+        wanted = tuple(check_literal(text, resolved.field, v) for v in condition.values)
+        checks.append((condition.op, resolved, wanted))
+    order_by = tuple((resolve(text, path, root), desc) for path, desc in query.order_by)
+    return _Plan(root, tuple(columns), tuple(checks), order_by, query.limit)
+
+
+@dataclass(frozen=True)
+class _Run:
+    source: Source
+    version: str
+
+    def value(self, record: dict[str, Any] | None, resolved: Resolved) -> Any:
+        """A field path's value on `record`, through its parents, as it compares."""
         for _, target, ref in resolved.hops:
             if record is None or record.get(ref.name) is None:
                 return None
             record = self.source.get(target, record[ref.name])
-        return None if record is None else record.get(resolved.field.name)
+        return (
+            None if record is None else comparable(resolved.field, record.get(resolved.field.name))
+        )
 
-    def filter(self, root: SObject, query: Query) -> Callable[[dict[str, Any]], bool]:
-        checks = []
-        for condition in query.where:
-            resolved = resolve(self.text, condition.path, root)
-            wanted = [check_literal(self.text, resolved.field, v) for v in condition.values]
-            checks.append((condition.op, resolved, wanted))
+    def sort_key(self, resolved: Resolved, row: dict[str, Any]) -> tuple[bool, Any]:
+        value = self.value(row, resolved)
+        # Salesforce puts nulls first ascending and last descending.
+        return (value is not None, value if value is not None else 0)
 
-        def keep(record: dict[str, Any]) -> bool:
-            return all(
-                _matches(op, comparable(resolved.field, self.follow(record, resolved)), wanted)
-                for op, resolved, wanted in checks
-            )
+    def result(self, plan: _Plan, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """The rows that pass the filter, sorted and cut to the limit, shaped as a reply."""
+        chosen = [
+            row
+            for row in rows
+            if all(_matches(op, self.value(row, path), wanted) for op, path, wanted in plan.checks)
+        ]
+        for resolved, descending in reversed(plan.order_by):
+            chosen.sort(key=functools.partial(self.sort_key, resolved), reverse=descending)
+        records = [self.shape(plan, r) for r in chosen[: plan.limit]]
+        return {"totalSize": len(records), "done": True, "records": records}
 
-        return keep
-
-    def sort(self, root: SObject, query: Query, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for path, descending in reversed(query.order_by):
-            resolved = resolve(self.text, path, root)
-
-            def key(row: dict[str, Any], resolved: Resolved = resolved) -> tuple[bool, Any]:
-                value = comparable(resolved.field, self.follow(row, resolved))
-                # Salesforce puts nulls first ascending and last descending.
-                return (value is not None, value if value is not None else 0)
-
-            rows = sorted(rows, key=key, reverse=descending)
-        return rows
-
-    def select(
-        self, root: SObject, query: Query, rows: Iterable[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        keep = self.filter(root, query)
-        chosen = self.sort(root, query, [r for r in rows if keep(r)])
-        return chosen if query.limit is None else chosen[: query.limit]
-
-    def shape(self, root: SObject, query: Query, record: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"attributes": attributes(root.name, record["Id"], self.version)}
-        for item in query.items:
-            if isinstance(item, Query):
-                name, value = self.subquery(root, item, record)
-                out[name] = value
-            else:
-                self.put(out, record, resolve(self.text, item, root))
+    def shape(self, plan: _Plan, record: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "attributes": attributes(plan.sobject.name, record["Id"], self.version)
+        }
+        for column in plan.columns:
+            if isinstance(column, Resolved):
+                self.put(out, record, column)
+                continue
+            child = column.plan.sobject.name
+            rows = [r for r in self.source.records(child) if r.get(column.fk) == record["Id"]]
+            found = self.result(column.plan, rows)
+            # Salesforce answers null, not an empty result, for no children.
+            out[column.name] = found if found["records"] else None
         return out
 
     def put(self, out: dict[str, Any], record: dict[str, Any] | None, resolved: Resolved) -> None:
@@ -493,42 +513,9 @@ class _Run:
             node = node[relationship]
         node[resolved.field.name] = record.get(resolved.field.name) if record else None
 
-    def subquery(
-        self, parent: SObject, query: Query, record: dict[str, Any]
-    ) -> tuple[str, dict[str, Any] | None]:
-        name, child, fk = _child(self.text, query.sobject, parent)
-        rows = [r for r in self.source.records(child.name) if r.get(fk) == record["Id"]]
-        chosen = self.select(child, query, rows)
-        if not chosen:
-            return name, None  # Salesforce answers null, not an empty result, for no children
-        records = [self.shape(child, query, r) for r in chosen]
-        return name, {"totalSize": len(records), "done": True, "records": records}
-
-    def run(self, query: Query) -> dict[str, Any]:
-        root = _object(self.text, query.sobject)
-        self.check_names(root, query)
-        chosen = self.select(root, query, self.source.records(root.name))
-        records = [self.shape(root, query, r) for r in chosen]
-        return {"totalSize": len(records), "done": True, "records": records}
-
-    def check_names(self, root: SObject, query: Query) -> None:
-        """Every name is checked before any row is read, as Salesforce compiles first."""
-        seen: set[str] = set()
-        for item in query.items:
-            if isinstance(item, Query):
-                _, child, _ = _child(self.text, item.sobject, root)
-                self.check_names(child, item)
-                continue
-            resolve(self.text, item, root)
-            if item.text.lower() in seen:
-                where = _where(self.text, item.pos)
-                raise SoqlError("MALFORMED_QUERY", f"{where}duplicate field selected: {item.text}")
-            seen.add(item.text.lower())
-        self.filter(root, query)
-        for path, _ in query.order_by:
-            resolve(self.text, path, root)
-
 
 def execute(text: str, source: Source, version: str = "59.0") -> dict[str, Any]:
     """Run the SOQL `text` over `source`: Salesforce's query reply, or SoqlError."""
-    return _Run(text, source, version).run(parse(text))
+    query = parse(text)
+    plan = _plan(text, query, _object(text, query.sobject))
+    return _Run(source, version).result(plan, source.records(plan.sobject.name))
