@@ -17,6 +17,16 @@ class SandboxAdminError(Exception):
         self.error = error
 
 
+def _op(op: str, key: str = "") -> Any:
+    """A method that runs `op` with an empty body and returns the reply (or its `key`)."""
+
+    def method(self: SandboxAdmin) -> Any:
+        reply = self.call(op)
+        return reply[key] if key else reply
+
+    return method
+
+
 class SandboxAdmin:
     def __init__(self, admin_url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.admin_url = admin_url.rstrip("/")
@@ -47,11 +57,8 @@ class SandboxAdmin:
         """Load a fixture document; `{"refs": {ref: id}, "pricebook_id": ...}`."""
         return self.call("load", document)
 
-    def reset(self) -> None:
-        self.call("reset")
-
-    def counters(self) -> dict[str, Any]:
-        return self.call("counters")
+    reset = _op("reset")
+    counters = _op("counters")
 
     # Salesforce.
 
@@ -79,17 +86,10 @@ class SandboxAdmin:
     def order_items(self, order_id: str) -> list[dict[str, Any]]:
         return self.call("sf/order", {"order_id": order_id})["items"]
 
-    def orders(self) -> list[dict[str, Any]]:
-        return self.call("sf/orders")["orders"]
-
-    def events(self) -> list[dict[str, Any]]:
-        return self.call("sf/events")["events"]
-
-    def patches(self) -> list[dict[str, Any]]:
-        return self.call("sf/patches")["patches"]
-
-    def revoke_tokens(self) -> None:
-        self.call("sf/revoke_tokens")
+    orders = _op("sf/orders", "orders")
+    events = _op("sf/events", "events")
+    patches = _op("sf/patches", "patches")
+    revoke_tokens = _op("sf/revoke_tokens")
 
     def set_app(self, *, approved: bool) -> None:
         self.call("sf/set_app", {"approved": approved})
@@ -106,8 +106,7 @@ class SandboxAdmin:
     def set_retention_floor(self, replay_id: int) -> None:
         self.call("sf/set_retention_floor", {"replay_id": replay_id})
 
-    def sf_counters(self) -> dict[str, Any]:
-        return self.call("sf/counters")
+    sf_counters = _op("sf/counters")
 
     def add_event_field(self, field: str) -> str:
         """A new custom field on the platform event: a new Avro schema id for Pub/Sub."""
@@ -115,17 +114,12 @@ class SandboxAdmin:
 
     # WHMCS.
 
-    def whmcs_orders(self) -> dict[str, Any]:
-        return self.call("whmcs/orders")
+    whmcs_orders = _op("whmcs/orders")
+    whmcs_counters = _op("whmcs/counters")
+    whmcs_substitutions = _op("whmcs/substitutions")
 
     def whmcs_requests(self, action: str | None = None) -> dict[str, Any]:
         return self.call("whmcs/requests", {"action": action} if action else {})
-
-    def whmcs_counters(self) -> dict[str, Any]:
-        return self.call("whmcs/counters")
-
-    def whmcs_substitutions(self) -> dict[str, Any]:
-        return self.call("whmcs/substitutions")
 
     def set_role(self, allowed_actions: list[str] | None) -> dict[str, Any]:
         return self.call("whmcs/set_role", {"allowed_actions": allowed_actions})
@@ -144,11 +138,6 @@ class SandboxAdmin:
     def set_latency(self, target: str, seconds: float) -> None:
         self.call("faults/latency", {"target": target, "seconds": seconds})
 
-    def clear_faults(self) -> None:
-        self.call("faults/clear")
-
-    def pending_faults(self) -> list[dict[str, Any]]:
-        return self.call("faults/pending")["faults"]
-
-    def fault_history(self) -> list[dict[str, Any]]:
-        return self.call("faults/history")["history"]
+    clear_faults = _op("faults/clear")
+    pending_faults = _op("faults/pending", "faults")
+    fault_history = _op("faults/history", "history")

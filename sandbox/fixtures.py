@@ -57,7 +57,8 @@ def whmcs_pricing(monthly: str, annually: str) -> dict[str, dict[str, str]]:
 def whmcs_client(
     client_id: int = 1, *, paymethod: bool = True, email: str = "ada@example.com"
 ) -> dict[str, Any]:
-    client: dict[str, Any] = {
+    card = {"type": "RemoteCreditCard", "gateway_name": "stripe", "description": "Visa 4242"}
+    return {
         "id": client_id,
         "firstname": "Ada",
         "lastname": "Lovelace",
@@ -65,12 +66,8 @@ def whmcs_client(
         "status": "Active",
         "defaultgateway": "stripe",
         "currency_code": "USD",
-        "paymethods": [],
+        "paymethods": [{**card, "card_last_four": "4242"}] if paymethod else [],
     }
-    if paymethod:
-        card = {"type": "RemoteCreditCard", "gateway_name": "stripe", "description": "Visa 4242"}
-        client["paymethods"] = [{**card, "card_last_four": "4242"}]
-    return client
 
 
 def _product(ref: str, name: str, code: str, pid: int, cycle: str) -> dict[str, Any]:

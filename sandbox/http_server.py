@@ -95,7 +95,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # delayed ACK (40 ms on Linux), which would add 40 ms to every reply on a kept-alive
     # connection. Real Salesforce and WHMCS front ends do not do that (bench/ measured it).
     disable_nagle_algorithm = True
-    server: _Server
+    server: Server
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the emulators keep their own request logs
@@ -140,18 +140,45 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
 
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
+    """One listening emulator; `start()` serves in a background thread."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], app: Handler, ssl_context: ssl.SSLContext | None
+        self,
+        app: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(address, _RequestHandler)
+        super().__init__((host, port), _RequestHandler)
         self.app = app
         self.ssl_context = ssl_context
+        self.host = host
+        self.port = self.server_address[1]
+        self.scheme = "https" if ssl_context else "http"
         self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self.serve_forever, daemon=True, kwargs={"poll_interval": 0.1}
+        )
+
+    @property
+    def url(self) -> str:
+        host = "localhost" if self.host in ("127.0.0.1", "localhost") else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def start(self) -> Server:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=5)
 
     def sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -175,40 +202,6 @@ class _Server(ThreadingHTTPServer):
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)
-
-
-class Server:
-    """One listening emulator; `start()` serves in a background thread."""
-
-    def __init__(
-        self,
-        app: Handler,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._server = _Server((host, port), app, ssl_context)
-        self.host = host
-        self.port = self._server.server_address[1]
-        self.scheme = "https" if ssl_context else "http"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, daemon=True, kwargs={"poll_interval": 0.1}
-        )
-
-    @property
-    def url(self) -> str:
-        host = "localhost" if self.host in ("127.0.0.1", "localhost") else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-    def start(self) -> Server:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:

@@ -7,16 +7,18 @@ Services trust the CA through REQUESTS_CA_BUNDLE, exactly as they would a compan
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+ORGANIZATION = "Provisioner Sandbox"
 
 
 @dataclass(frozen=True)
@@ -39,30 +41,32 @@ class Material:
         )
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
+def _connected_app() -> tuple[bytes, bytes]:
+    """The app's RSA key (PKCS#8, as `openssl req -newkey` writes it; JWTs are RS256) and its
+    self-signed certificate, as the README's setup makes them for a real org."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Provisioner Sandbox"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, "sandbox connected app"),
         ]
     )
-
-
-def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:  # type: ignore[no-untyped-def]
     now = datetime.datetime.now(datetime.UTC)
-    return (
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
     )
+    pem = serialization.Encoding.PEM
+    private = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return private, cert.public_bytes(pem)
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -70,63 +74,18 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _alt_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
 def generate(state_dir: Path, hostnames: tuple[str, ...] = ()) -> Material:
     """Write a fresh CA, server certificate and connected-app key pair into `state_dir`.
 
     `hostnames` are extra names the server certificate covers (compose's service name)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    ca_key, server_key, app_key = _key(), _key(), _key()
-    ca_name = _name("Provisioner Sandbox CA")
-    ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    rsa_key = trustme.KeyType.RSA
+    ca = trustme.CA(organization_name=ORGANIZATION, key_type=rsa_key)
+    names = dict.fromkeys(("localhost", "127.0.0.1", "::1", *hostnames))
+    server = ca.issue_cert(
+        *names, common_name="localhost", organization_name=ORGANIZATION, key_type=rsa_key
     )
-    names = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-        *(_alt_name(name) for name in hostnames if name not in ("localhost", "127.0.0.1", "::1")),
-    ]
-    server_cert = (
-        _builder(_name("localhost"), ca_name, server_key.public_key())
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    app_cert = _builder(
-        _name("sandbox connected app"), _name("sandbox connected app"), app_key.public_key()
-    ).sign(app_key, hashes.SHA256())
+    app_key, app_cert = _connected_app()
     material = Material(
         state_dir / "ca.pem",
         state_dir / "server.pem",
@@ -134,10 +93,9 @@ def generate(state_dir: Path, hostnames: tuple[str, ...] = ()) -> Material:
         state_dir / "sf-private.key",
         state_dir / "sf-app-cert.pem",
     )
-    pem = serialization.Encoding.PEM
-    _write(material.ca_path, ca_cert.public_bytes(pem))
-    _write(material.server_cert_path, server_cert.public_bytes(pem))
-    _write(material.server_key_path, _pem_key(server_key), 0o600)
-    _write(material.app_key_path, _pem_key(app_key), 0o600)
-    _write(material.app_cert_path, app_cert.public_bytes(pem))
+    _write(material.ca_path, ca.cert_pem.bytes())
+    _write(material.server_cert_path, server.cert_chain_pems[0].bytes())
+    _write(material.server_key_path, server.private_key_pem.bytes(), 0o600)
+    _write(material.app_key_path, app_key, 0o600)
+    _write(material.app_cert_path, app_cert)
     return material

@@ -112,9 +112,7 @@ class Billing:
     def load(self, fixtures: dict[str, Any]) -> dict[str, int]:
         for gateway in fixtures.get("gateways", []):
             self.gateways = [g for g in self.gateways if g["module"] != gateway["module"]]
-            self.gateways.append(
-                {"module": gateway["module"], "displayname": gateway["displayname"]}
-            )
+            self.gateways.append({k: gateway[k] for k in ("module", "displayname")})
         for client in fixtures.get("clients", []):
             self.set_client(client)
         for product in fixtures.get("products", []):
@@ -205,10 +203,8 @@ class Billing:
         }
 
     def get_payment_methods(self, p: PhpArray, ip: str) -> dict[str, Any]:
-        reply: dict[str, Any] = {"result": "success", "totalresults": len(self.gateways)}
-        if self.gateways:
-            reply["paymentmethods"] = {"paymentmethod": copy.deepcopy(self.gateways)}
-        return reply
+        gateways = copy.deepcopy(self.gateways)
+        return _listing(len(gateways), "paymentmethods", "paymentmethod", gateways)
 
     def get_clients_details(self, p: PhpArray, ip: str) -> dict[str, Any]:
         if truthy(p.get("clientid")):
@@ -235,10 +231,8 @@ class Billing:
             products = [x for x in products if x["gid"] == php_int(p["gid"])]
         if truthy(p.get("module")):
             products = [x for x in products if x["module"] == p["module"]]
-        reply: dict[str, Any] = {"result": "success", "totalresults": len(products)}
-        if products:
-            reply["products"] = {"product": [self._product_view(x) for x in products]}
-        return reply
+        views = [self._product_view(x) for x in products]
+        return _listing(len(views), "products", "product", views)
 
     def get_orders(self, p: PhpArray, ip: str) -> dict[str, Any]:
         rows = sorted(self.orders.values(), key=lambda o: o["id"], reverse=True)
@@ -249,23 +243,17 @@ class Billing:
             rows = [o for o in rows if o["status"] == p["status"]]
         start = max(php_int(p.get("limitstart")), 0)
         count = php_int(p["limitnum"]) if truthy(p.get("limitnum")) else 25
-        page = rows[start : start + max(count, 0)]
-        reply: dict[str, Any] = {
-            "result": "success",
-            "totalresults": len(rows),
-            "startnumber": start,
-            "numreturned": len(page),
-        }
-        if page:
-            reply["orders"] = {"order": [self._order_view(o) for o in page]}
-        return reply
+        page = [self._order_view(o) for o in rows[start : start + max(count, 0)]]
+        return _listing(
+            len(rows), "orders", "order", page, startnumber=start, numreturned=len(page)
+        )
 
     def get_order_statuses(self, p: PhpArray, ip: str) -> dict[str, Any]:
         counts = [
             {"title": s, "count": sum(o["status"] == s for o in self.orders.values())}
             for s in ORDER_STATUSES
         ]
-        return {"result": "success", "totalresults": len(counts), "statuses": {"status": counts}}
+        return _listing(len(counts), "statuses", "status", counts)
 
     # --- write actions ---
 
@@ -415,7 +403,10 @@ class Billing:
                 per_service_qty = line["qty"] if units == 1 else 1
                 services.append(self._service(line, price * per_service_qty))
                 total += (price + setup) * per_service_qty
-        invoice_id = self._invoice(order_id, total, p)
+        invoice_id = 0 if truthy(p.get("noinvoice")) or total <= 0 else next(self._invoice_ids)
+        if invoice_id:
+            self.invoices[invoice_id] = {"id": invoice_id, "order_id": order_id, "status": "Unpaid"}
+            self.invoices[invoice_id]["total"] = _money(total)
         emails = [] if truthy(p.get("noemail")) else ["Order Confirmation"]
         if invoice_id and not truthy(p.get("noinvoiceemail")):
             emails.append("Invoice Created")
@@ -459,14 +450,6 @@ class Billing:
             "amount": _money(amount),
             "status": "Pending",
         }
-
-    def _invoice(self, order_id: int, total: float, p: PhpArray) -> int:
-        if truthy(p.get("noinvoice")) or total <= 0:
-            return 0
-        invoice_id = next(self._invoice_ids)
-        self.invoices[invoice_id] = {"id": invoice_id, "order_id": order_id, "status": "Unpaid"}
-        self.invoices[invoice_id]["total"] = _money(total)
-        return invoice_id
 
     @staticmethod
     def _set_status(order: dict[str, Any], status: str) -> None:
@@ -548,6 +531,14 @@ class Billing:
             "amount": service["amount"],
             "status": service["status"],
         }
+
+
+def _listing(total: int, plural: str, singular: str, rows: list, **counts: int) -> dict[str, Any]:
+    """A list action's reply: `{plural: {singular: rows}}`, left out when there are no rows."""
+    reply: dict[str, Any] = {"result": "success", "totalresults": total, **counts}
+    if rows:
+        reply[plural] = {singular: rows}
+    return reply
 
 
 def _is_ip(value: Any) -> bool:

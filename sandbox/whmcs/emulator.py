@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sandbox.faults import Fault, FaultBook
@@ -48,12 +48,13 @@ ACTIONS = {
     for name in (*READS, "GetOrderStatuses", *WRITES)
 }
 ALIASES = {"getclientsdata": "getclientsdetails", "getclientsdatabyemail": "getclientsdetails"}
-# List actions default to XML and refuse NVP; the others default to NVP.
 LIST_ACTIONS = {"getorders", "getproducts", "getpaymentmethods", "getorderstatuses"}
 CREDENTIAL_FIELDS = ("identifier", "secret", "accesskey", "username", "password")
 FRONT_FAULTS = {"status", "html", "nonjson", "hang", "reset", "error", "late_commit"}
 BACK_FAULTS = {"php_warning", "truncated", "warning", "commit_then_hang"}
 SESSION_COOKIE = "WHMCSy551iLvnhYt7"
+MISSING_CREDENTIALS = "Invalid or missing credentials"
+LOGIN_FAILED = "Authentication Failed"
 BAN_AFTER, BAN_SECONDS = 3, 900.0  # failed logins from one IP, then how long it stays banned
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -70,12 +71,12 @@ class _Call:
     params: PhpArray
     action: str  # normalised
     name: str  # canonical (AddOrder), or the normalised text of an unknown action
-    fmt: str = "json"
-    fmt_error: str = ""
+    fmt: str  # json, xml or nvp
+    fmt_error: str  # WHMCS's refusal of the `responsetype` asked for, if any
     status: int | None = None
     payload: dict[str, Any] | None = None
     fault: str | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
+    auth: str = ""  # how the caller logged in: credential or admin
 
     @property
     def target(self) -> str:
@@ -140,12 +141,9 @@ class WhmcsEmulator:
         fault = self.faults.on_call(call.target)
         call.fault = fault.kind if fault else None
         try:
-            response = self._respond(call, fault)
-        except (Hang, Drop):
-            self._log(call)
-            raise
-        self._log(call)
-        return response
+            return self._respond(call, fault)
+        finally:
+            self._log(call)  # a hang or a reset is logged too
 
     def _call_for(self, request: Request) -> _Call:
         params = parse(request.raw_query)
@@ -158,40 +156,18 @@ class WhmcsEmulator:
                 params |= parse_multipart(request.body, request.header("Content-Type"))
         action = normalise_action(params.get("action"))
         name = ACTIONS[action][0] if action in ACTIONS else action
-        call = _Call(request, params, action, name)
-        self._choose_format(call)
-        return call
-
-    @staticmethod
-    def _choose_format(call: _Call) -> None:
-        raw = call.params.get("responsetype")
-        wanted = raw.lower() if isinstance(raw, str) else ""
-        default = "xml" if call.action in LIST_ACTIONS else "nvp"
-        if wanted in ("json", "xml") or (wanted == "nvp" and call.action not in LIST_ACTIONS):
-            call.fmt = wanted
-        elif wanted == "nvp":
-            call.fmt = "xml"
-            call.fmt_error = "This API action only supports the XML or JSON response type formats"
-        elif wanted:
-            call.fmt = default
-            call.fmt_error = (
-                f'Unsupported API response type format "{raw}". '
-                "Supported formats include: json, xml, nvp"
-            )
-        else:
-            call.fmt = default
+        return _Call(request, params, action, name, *_format(action, params.get("responsetype")))
 
     def _respond(self, call: _Call, fault: Fault | None) -> Response:
-        if fault is not None and fault.kind in FRONT_FAULTS:
-            return self._front_fault(call, fault)
-        if fault is not None and fault.kind == "warning" and fault.params.get("replace"):
-            return self._reply(call, 200, {"warning": self._warning_text(fault)})
-        if fault is not None and fault.kind not in BACK_FAULTS:
-            return Response.text(f"emulator: unknown fault kind {fault.kind!r}", 500)
-        status, payload = self._answer(call)
         if fault is None:
-            return self._reply(call, status, payload)
-        return self._back_fault(call, fault, status, payload)
+            return self._reply(call, *self._answer(call))
+        if fault.kind in FRONT_FAULTS:
+            return self._front_fault(call, fault)
+        if fault.kind == "warning" and fault.params.get("replace"):
+            return self._reply(call, 200, {"warning": self._warning_text(fault)})
+        if fault.kind not in BACK_FAULTS:
+            return Response.text(f"emulator: unknown fault kind {fault.kind!r}", 500)
+        return self._back_fault(call, fault, *self._answer(call))
 
     # --- auth and dispatch ---
 
@@ -222,36 +198,30 @@ class WhmcsEmulator:
                 return 403, _error("Invalid Access Key")
         elif self.ip_allowlist is not None and ip not in self.ip_allowlist:
             return self.invalid_ip_status, _error(f"Invalid IP {ip}")
-        problem, counts = self._check_credentials(call)
-        if problem is None:
+        call.auth, problem = self._login(params)
+        if not problem:
             return None
-        if counts:
+        if problem != MISSING_CREDENTIALS:  # the one refusal that is no failed login
             self._failed_login(ip)
         return 403, _error(problem)
 
-    def _check_credentials(self, call: _Call) -> tuple[str | None, bool]:
-        """(refusal message or None, whether it counts as a failed login)."""
-        params = call.params
+    def _login(self, params: PhpArray) -> tuple[str, str]:
+        """("credential" or "admin", "") for a caller who logs in, else ("", the refusal)."""
         identifier, secret = _text(params.get("identifier")), _text(params.get("secret"))
         username, password = _text(params.get("username")), _text(params.get("password"))
         if identifier:
             if not _same(identifier, self.identifier):
-                return "Invalid or missing credentials", False
-            if not _same(secret, self.secret):
-                return "Authentication Failed", True
-            call.notes["auth"] = "credential"
-            return None, False
+                return "", MISSING_CREDENTIALS
+            return ("credential", "") if _same(secret, self.secret) else ("", LOGIN_FAILED)
         if not username:
-            return "Invalid or missing credentials", False
+            return "", MISSING_CREDENTIALS
         if _same(username, self.identifier) and _same(password, self.secret):
-            call.notes["auth"] = "credential"
-            return None, False
+            return "credential", ""
         if not _MD5.fullmatch(password):
-            return "Invalid password provided", True
+            return "", "Invalid password provided"
         if self.admin_md5 and username == self.admin_username and password == self.admin_md5:
-            call.notes["auth"] = "admin"
-            return None, False
-        return "Authentication Failed", True
+            return "admin", ""
+        return "", LOGIN_FAILED
 
     def _failed_login(self, ip: str) -> None:
         self.failed_logins[ip] += 1
@@ -266,7 +236,7 @@ class WhmcsEmulator:
             return 403, _error(f'Invalid API Action: "{call.action}" is not a valid API action')
         # API roles bind API credentials; a legacy admin login has the admin's full access.
         role = self.allowed_actions
-        if call.notes.get("auth") == "credential" and role is not None and call.action not in role:
+        if call.auth == "credential" and role is not None and call.action not in role:
             return 403, _error(f'Invalid Permissions: API action "{call.action}" is not allowed')
         return None
 
@@ -300,10 +270,9 @@ class WhmcsEmulator:
         kind, params = fault.kind, fault.params
         if kind == "reset":
             raise Drop()
-        if kind == "hang":
-            raise Hang(float(params.get("seconds", 60)))
         if kind == "late_commit":
             self._commit_later(call, float(params.get("delay", 1.0)))
+        if kind in ("hang", "late_commit"):
             raise Hang(float(params.get("seconds", 60)))
         if kind == "error":
             message = params.get("message", "Your license key has expired")
@@ -445,6 +414,20 @@ class WhmcsEmulator:
     def _admin_reset(self, body: dict[str, Any]) -> dict[str, Any]:
         self.reset()
         return {}
+
+
+def _format(action: str, raw: Any) -> tuple[str, str]:
+    """The reply's format for `responsetype=raw`, and WHMCS's refusal (in that format) of a
+    format it does not offer: list actions default to XML and refuse NVP; others default to NVP."""
+    wanted = raw.lower() if isinstance(raw, str) else ""
+    listing = action in LIST_ACTIONS
+    if wanted in ("json", "xml") or (wanted == "nvp" and not listing):
+        return wanted, ""
+    if wanted == "nvp":
+        return "xml", "This API action only supports the XML or JSON response type formats"
+    supported = "Supported formats include: json, xml, nvp"
+    refusal = f'Unsupported API response type format "{raw}". {supported}' if wanted else ""
+    return "xml" if listing else "nvp", refusal
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -25,11 +25,13 @@ from collections.abc import Iterable
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl
 
 MAX_NESTING = 64  # PHP's max_input_nesting_level: deeper names are dropped whole
 _INTEGER_KEY = re.compile(r"(0|-?[1-9][0-9]*)")
 _APPEND = None  # a path element meaning `[]`
+_INDEXES = re.compile(r"(?:\[[^\]]*\])*")  # the complete `[...]` right after the base name
+_INDEX = re.compile(r"\[([^\]]*)\]")
 
 Key = int | str
 PhpArray = dict[Key, Any]
@@ -38,12 +40,7 @@ PhpArray = dict[Key, Any]
 def parse(data: str | bytes) -> PhpArray:
     """An `application/x-www-form-urlencoded` body or a query string, read as PHP reads it."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    pairs = []
-    for chunk in text.split("&"):
-        if chunk:
-            name, _, value = chunk.partition("=")
-            pairs.append((unquote_plus(name), unquote_plus(value)))
-    return from_pairs(pairs)
+    return from_pairs(parse_qsl(text, keep_blank_values=True))
 
 
 def parse_multipart(body: bytes, content_type: str) -> PhpArray:
@@ -65,42 +62,27 @@ def from_pairs(pairs: Iterable[tuple[str, Any]]) -> PhpArray:
     """Decoded (name, value) pairs registered in order, later ones winning."""
     target: PhpArray = {}
     for name, value in pairs:
-        register(target, name, value)
+        path = split_name(name)
+        if path is not None:
+            _assign(target, path, value)
     return target
-
-
-def register(target: PhpArray, name: str, value: Any) -> None:
-    """Store one variable under its (possibly bracketed) name, as PHP does."""
-    path = split_name(name)
-    if path is not None:
-        _assign(target, path, value)
 
 
 def split_name(name: str) -> list[Key | None] | None:
     """`'a[b][]'` -> `['a', 'b', None]` (None appends); None when PHP drops the variable."""
-    name = name.lstrip(" ")
-    bracket = name.find("[")
-    base = (name if bracket < 0 else name[:bracket]).replace(" ", "_").replace(".", "_")
+    base, bracket, rest = name.lstrip(" ").partition("[")
+    base = base.replace(" ", "_").replace(".", "_")
     if not base:
         return None
-    if bracket < 0:
-        return [_key(base)]
-    rest = name[bracket:]
-    if "]" not in rest:
+    if bracket and "]" not in rest:
         # An unclosed first bracket is part of the name, with PHP's character replacements.
-        tail = re.sub(r"[ .\[]", "_", rest[1:])
+        tail = re.sub(r"[ .\[]", "_", rest)
         return [_key(f"{base}_{tail}")]
-    path: list[Key | None] = [_key(base)]
-    while rest.startswith("["):
-        close = rest.find("]")
-        if close < 0:
-            break  # an unclosed later bracket: the name ends at the last complete index
-        index = rest[1:close]
-        path.append(_APPEND if index in ("", " ") else _key(index))
-        if len(path) - 1 > MAX_NESTING:
-            return None
-        rest = rest[close + 1 :]
-    return path
+    # The name ends at the last complete index: `a[b]c` is `a[b]`, `a[b][c` too.
+    indexes = _INDEX.findall(_INDEXES.match(bracket + rest).group())
+    if len(indexes) > MAX_NESTING:
+        return None
+    return [_key(base), *(_APPEND if i in ("", " ") else _key(i) for i in indexes)]
 
 
 def as_list(value: Any) -> list[Any]:
