@@ -28,7 +28,7 @@ from sandbox.salesforce.loader import SalesforceLoader
 from sandbox.salesforce.oauth import TokenEndpoint, Tokens
 from sandbox.salesforce.pubsub_server import PubSubServer
 from sandbox.salesforce.replies import NOT_FOUND, SESSION_INVALID, error_list
-from sandbox.salesforce.schema import EVENT_OBJECT, Field, sobject
+from sandbox.salesforce.schema import APPROVED, EVENT_OBJECT, Field, sobject
 from sandbox.salesforce.store import Store
 from shared.sfid import new_id
 
@@ -37,6 +37,13 @@ PUBSUB_KEEPALIVE = 270.0
 API_KINDS = ("query", "patch", "get", "describe", "limits", "composite", "publish")
 VERSIONS = tuple(f"{v}.0" for v in range(31, 65))
 DAILY_API_LIMIT = 15_000
+# What the approval Flow (Order_Set_Activating_On_Approval) and Provision / Retry assign; a
+# Flow's EmptyString in a text field is stored as null.
+ACTIVATING = {
+    "Activation_Status__c": "Activating",
+    "Activation_Error_Code__c": None,
+    "Activation_Error_Message__c": None,
+}
 QUERY_BATCH = 2000  # Salesforce's largest batch; `sf/set_query_batch` lowers it to test paging
 
 
@@ -397,12 +404,13 @@ class SalesforceEmulator:
         return self.bus.publish(CHANNEL, payload, event_uuid=event_uuid)
 
     def approve(self, order_id: str, publish: bool = True) -> dict[str, Any] | None:
-        """The approval Flow: Activation_Status__c = Activating, then the platform event.
+        """An approval (Status = Activated), the Flow that answers it (Activation_Status__c =
+        Activating, error fields cleared), then the platform event.
 
         `publish=False` acts out an event that never arrives (a Flow that failed after the
         update, a purge, a lost replay id): the order sits Activating with no event."""
         order = self._order(order_id)
-        self.store.update("Order", order["Id"], {"Activation_Status__c": "Activating"})
+        self.store.update("Order", order["Id"], {"Status": APPROVED, **ACTIVATING})
         if not publish:
             return None
         return self.publish_event({"OrderId__c": order["Id"]})
@@ -413,15 +421,7 @@ class SalesforceEmulator:
             order = self._order(order_id)
             if order["Activation_Status__c"] == "Activating":
                 return {"result": "Already in progress"}
-            self.store.update(
-                "Order",
-                order["Id"],
-                {
-                    "Activation_Status__c": "Activating",
-                    "Activation_Error_Code__c": None,
-                    "Activation_Error_Message__c": None,
-                },
-            )
+            self.store.update("Order", order["Id"], ACTIVATING)
         return {"result": "published", "event": self.publish_event({"OrderId__c": order["Id"]})}
 
     def _order(self, order_id: Any) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def _ref(name: str, target: str, *, updateable: bool = False) -> Field:
     )
 
 
-ORDER_STATUSES = ("Draft", "Activated")  # a new org's Order Status values; approval = Activated
+APPROVED = "Activated"  # the Order Status value an approval sets
+ORDER_STATUSES = ("Draft", APPROVED)  # a new org's Order Status values
 AUDIT_FIELDS = (Field("CreatedDate", "datetime"), Field("LastModifiedDate", "datetime"))
 # How describe types a custom field of each Metadata API type (a Number is a double whatever its
 # scale). A type missing here fails at import: the emulator cannot silently ignore a field.

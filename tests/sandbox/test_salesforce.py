@@ -410,7 +410,12 @@ def test_publish_through_rest(api, sandbox_admin, world):
 
 def test_approve_sets_activating_and_publishes(sandbox_admin, world):
     event = sandbox_admin.approve(world["o1"])
-    assert sandbox_admin.order(world["o1"])["Activation_Status__c"] == "Activating"
+    order = sandbox_admin.order(world["o1"])
+    # The approval and the Flow's assignments (salesforce/.../Order_Set_Activating_On_Approval).
+    assert order["Status"] == "Activated" and order["Activation_Status__c"] == "Activating"
+    assert (
+        order["Activation_Error_Code__c"] is None and order["Activation_Error_Message__c"] is None
+    )
     payload = event["payload"]
     assert payload["OrderId__c"] == world["o1"]
     assert payload["CreatedById"].startswith("005")
