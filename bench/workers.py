@@ -76,10 +76,12 @@ def measure(run: Run) -> Measurement:
     reference = trivial[REFERENCE.label]
     # The fork's own cost per job, for the worker-class advice (recommend.py).
     run.shared["fork_extra_ms"] = (trivial["Worker (fork)"].per_job - reference.per_job) * 1000
-    same = (f"{REFERENCE.label}, same job", reference.per_job)
-    result.rows = [
-        _row(d, "trivial job", *(() if d is reference else same)) for d in trivial.values()
-    ]
+    for drain in trivial.values():
+        if drain is reference:
+            result.rows.append(_row(drain, "trivial job"))
+        else:
+            same = f"{REFERENCE.label}, same job"
+            result.rows.append(_row(drain, "trivial job", same, reference.per_job))
     result.rows += [
         _row(d, f"{SLEEP_MS:g} ms job", "time inside the job", d.in_job) for d in sleepy.values()
     ]

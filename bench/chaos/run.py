@@ -58,7 +58,15 @@ class Size:
 FULL = Size(
     orders=300, clients=12, workers=3, load_seconds=75, settle_timeout=180, refuse_seconds=12
 )
-QUICK = Size(50, 4, 2, 30, 90, 8, quick=True)  # FULL's fields in the same order
+QUICK = Size(
+    orders=50,
+    clients=4,
+    workers=2,
+    load_seconds=30,
+    settle_timeout=90,
+    refuse_seconds=8,
+    quick=True,
+)
 
 
 class Clock:

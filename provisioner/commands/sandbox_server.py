@@ -7,7 +7,6 @@ emulators, writes the same block to `<state dir>/sandbox.env`, and serves until 
 from __future__ import annotations
 
 import argparse
-import inspect
 import signal
 import sys
 import threading
@@ -92,9 +91,20 @@ def run(args: argparse.Namespace) -> int:
     except fixtures.FixtureError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    # Every option named after a keyword of Sandbox.start goes to it as given.
-    keywords = inspect.signature(Sandbox.start).parameters
-    sandbox = Sandbox.start(**{k: v for k, v in vars(args).items() if k in keywords})
+    sandbox = Sandbox.start(
+        args.state_dir,
+        host=args.host,
+        sf_port=args.sf_port,
+        whmcs_port=args.whmcs_port,
+        admin_port=args.admin_port,
+        pubsub_port=args.pubsub_port,
+        cometd_timeout=args.cometd_timeout,
+        reconnect_timeout=args.reconnect_timeout,
+        public_host=args.public_host,
+        pricebook_id=args.pricebook_id,
+        whmcs_identifier=args.whmcs_identifier,
+        whmcs_secret=args.whmcs_secret,
+    )
     try:
         if document is not None:
             sandbox.load(document)

@@ -27,9 +27,15 @@ FIX_DEFAULT = "read the timeline below, fix the cause, then Provision / Retry on
 FIXES = {
     "409": FIX_PAYMENT,
     **dict.fromkeys(
-        ("UNMAPPED_PRODUCT", "UNKNOWN_WHMCS_PRODUCT", "INVALID_BILLING_CYCLE"), FIX_MAPPING
+        (
+            "UNMAPPED_PRODUCT",
+            "UNKNOWN_WHMCS_PRODUCT",
+            "INVALID_BILLING_CYCLE",
+            "INVALID_QUANTITY",
+            "SERVICE_COUNT_MISMATCH",
+        ),
+        FIX_MAPPING,
     ),
-    **dict.fromkeys(("INVALID_QUANTITY", "SERVICE_COUNT_MISMATCH"), FIX_MAPPING),
     "UNMAPPED_ACCOUNT": "map the Account to its WHMCS client (`provisioner mappings`), then retry",
     **dict.fromkeys(("SF_AUTH", "401", "403"), FIX_JWT),
     **dict.fromkeys(("429", "500", "502", "503", "ECONNECTION"), FIX_RETRY),

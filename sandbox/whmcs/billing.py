@@ -405,8 +405,12 @@ class Billing:
                 total += (price + setup) * per_service_qty
         invoice_id = 0 if truthy(p.get("noinvoice")) or total <= 0 else next(self._invoice_ids)
         if invoice_id:
-            self.invoices[invoice_id] = {"id": invoice_id, "order_id": order_id, "status": "Unpaid"}
-            self.invoices[invoice_id]["total"] = _money(total)
+            self.invoices[invoice_id] = {
+                "id": invoice_id,
+                "order_id": order_id,
+                "status": "Unpaid",
+                "total": _money(total),
+            }
         emails = [] if truthy(p.get("noemail")) else ["Order Confirmation"]
         if invoice_id and not truthy(p.get("noinvoiceemail")):
             emails.append("Invoice Created")
